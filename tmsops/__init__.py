@@ -1,0 +1,1 @@
+"""tmsops shared core: settings, errors, clients and the command line."""

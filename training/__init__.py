@@ -1,0 +1,1 @@
+"""The retraining pipeline: data -> validation -> models -> evaluation -> MLflow registry."""

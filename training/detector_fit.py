@@ -1,0 +1,50 @@
+"""Training of the detector: Laplace likelihood of every next point, then the threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.detector import CausalPredictor, Detector, DetectorConfig, standardise_online
+
+CHUNK = 1024
+
+
+def fit_detector(
+    values: Sequence[np.ndarray], config: DetectorConfig, *, progress: bool = True
+) -> tuple[Detector, dict[str, float]]:
+    """Train the causal predictor on standardised chunks of every series."""
+    torch.manual_seed(config.seed)
+    chunks = torch.from_numpy(_chunks([standardise_online(v, config.standardise_span) for v in values]))
+    net = CausalPredictor(config)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    warmup = 2**config.levels
+    loss = torch.tensor(0.0)
+    epochs = tqdm(range(config.epochs), desc="detector", disable=not progress)
+    for _ in epochs:
+        net.train()
+        optimiser.zero_grad()
+        mean, log_spread = net(chunks)
+        error = (chunks - mean).abs() / log_spread.exp() + log_spread
+        loss = error[:, warmup:].mean()
+        loss.backward()
+        optimiser.step()
+        epochs.set_postfix(nll=f"{float(loss):.4f}")
+    return Detector(config, net.eval()), {"detector_nll": float(loss), "chunks": float(len(chunks))}
+
+
+def _chunks(series: Sequence[np.ndarray]) -> np.ndarray:
+    """Cut every series into whole chunks of CHUNK points (a short series is one chunk, padded)."""
+    parts = []
+    for standard in series:
+        if len(standard) < CHUNK:
+            parts.append(np.pad(standard, (CHUNK - len(standard), 0), mode="edge"))
+            continue
+        starts = range(0, len(standard) - CHUNK + 1, CHUNK // 2)
+        parts.extend(standard[start : start + CHUNK] for start in starts)
+    if not parts:
+        raise ValueError("no series to train the detector on")
+    return np.stack(parts).astype(np.float32)

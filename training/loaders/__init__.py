@@ -1,0 +1,1 @@
+"""Loaders that read metric series from files, generators and the Prometheus HTTP API."""
