@@ -29,9 +29,7 @@ class TemporaryError(TmsopsError):
 
     retryable = True
 
-    def __init__(
-        self, message: str, *, retry_after: float = 1.0, details: dict[str, object] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: dict[str, object] | None = None) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
 

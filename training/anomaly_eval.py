@@ -29,7 +29,9 @@ def nab_report(files: Sequence[ScoredFile], threshold: float) -> dict[str, Any]:
             "threshold": best_threshold,
             "own_threshold_score": own.normalized,
             "own_threshold": threshold,
-            "tp": best.tp, "fp": best.fp, "fn": best.fn,
+            "tp": best.tp,
+            "fp": best.fp,
+            "fn": best.fn,
         }
     return report
 

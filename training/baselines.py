@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -83,7 +83,13 @@ def rolling_origin_baselines(
 
 
 def _run(
-    name: str, index: int, y: np.ndarray, test_start: int, cut: np.ndarray, horizon: int, season: int
+    name: str,
+    index: int,
+    y: np.ndarray,
+    test_start: int,
+    cut: np.ndarray,
+    horizon: int,
+    season: int,
 ) -> np.ndarray:
     """One baseline on one series, falling back to naive when a fitted baseline fails."""
     if cut.size == 0:
@@ -94,8 +100,13 @@ def _run(
         forecasts = _FORECASTERS[name](y, test_start, cut, horizon, season)
         if not np.all(np.isfinite(forecasts)):
             raise ValueError("non-finite forecasts")
-    except Exception as exc:  # statsforecast and statsmodels raise many kinds; any of them means "no fit"
-        log.warning("baseline %s failed on series %d (%s); using the naive forecast for it", name, index, exc)
+    except Exception as exc:
+        log.warning(
+            "baseline %s failed on series %d (%s); using the naive forecast for it",
+            name,
+            index,
+            exc,
+        )
         return _naive(y, test_start, cut, horizon, season)
     return forecasts
 
@@ -123,7 +134,8 @@ def daily_profile(train: np.ndarray, season: int) -> np.ndarray:
     sums = np.bincount(position, weights=train, minlength=season)
     counts = np.bincount(position, minlength=season)
     fill = float(train.mean()) if train.size else 0.0
-    return np.divide(sums, counts, out=np.full(season, fill), where=counts > 0)
+    profile: np.ndarray = np.divide(sums, counts, out=np.full(season, fill), where=counts > 0)
+    return profile
 
 
 def _autoets(y: np.ndarray, test_start: int, cut: np.ndarray, horizon: int, season: int) -> np.ndarray:
@@ -154,15 +166,19 @@ def _stl_speedups(season: int) -> dict[str, Any]:
     With a 288-step season statsmodels' STL (jump 1: a local regression at every point) takes
     about a second per decomposition, and MSTL decomposes again at every origin. Evaluating the
     smoothers every ``ceil(window / 10)`` points and interpolating between (R's defaults) is
-    ~20x faster and changes the components by ~1e-3 of the series' spread. The seasonal
-    smoother keeps jump 1: its windows are short and a jump there moves the season's edges.
+    over 20x faster; on the realAWSCloudwatch series the forecasts move by ~0.002 MASE units
+    and the mean MASE by less than 1e-4. The seasonal smoother keeps jump 1: its windows are
+    short and a jump there moves the season's edges.
     Windows here are those statsmodels derives for the shortest season (the default
     ``seasonal=11`` of the first MSTL pass); a longer season gets smaller relative jumps.
     """
     seasonal = 11
     trend = _next_odd(math.ceil(1.5 * season / (1 - 1.5 / seasonal)))
     low_pass = _next_odd(season + 1)
-    return {"trend_jump": math.ceil(trend / 10), "low_pass_jump": math.ceil(low_pass / 10)}
+    return {
+        "trend_jump": math.ceil(trend / 10),
+        "low_pass_jump": math.ceil(low_pass / 10),
+    }
 
 
 def _next_odd(x: int) -> int:
@@ -215,7 +231,7 @@ def _warn_daily_only(test_starts: Sequence[int], season: int) -> None:
 
 
 class _NoBar:
-    def __enter__(self) -> _NoBar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -54,8 +54,7 @@ def prepare(series: list[Series], test_fraction: float) -> Prepared:
 def save_prepared(prepared: Prepared, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     frames = [
-        pd.DataFrame({"key": item.key, "timestamp": item.timestamps, "value": item.values})
-        for item in prepared.series
+        pd.DataFrame({"key": item.key, "timestamp": item.timestamps, "value": item.values}) for item in prepared.series
     ]
     pd.concat(frames, ignore_index=True).to_parquet(out / SERIES_FILE, index=False)
     meta = [
@@ -80,9 +79,7 @@ def load_prepared(directory: Path) -> Prepared:
     series, starts = [], []
     for entry in meta:
         rows = groups[entry["key"]]
-        windows = tuple(
-            (np.datetime64(a, "ns"), np.datetime64(b, "ns")) for a, b in entry["windows"]
-        )
+        windows = tuple((np.datetime64(a, "ns"), np.datetime64(b, "ns")) for a, b in entry["windows"])
         series.append(
             Series(
                 key=entry["key"],

@@ -37,32 +37,32 @@ class DetectorConfig:
     long_window: int = 576
     novelty_window: int = 288
     epochs: int = 30
+    batch_size: int = 8
     learning_rate: float = 3e-3
     seed: int = 11
     threshold: float = 0.99
 
 
 class CausalPredictor(nn.Module):
-    """Dilated causal convolutions: output ``t`` sees inputs ``< t`` only."""
+    """Dilated causal convolutions (kernel 2, as linear maps of ``h[t - d]`` and ``h[t]``):
+    output ``t`` sees inputs ``< t`` only."""
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
-        self.convs = nn.ModuleList()
-        width = 1
-        for level in range(config.levels):
-            self.convs.append(nn.Conv1d(width, config.channels, kernel_size=2, dilation=2**level))
-            width = config.channels
-        self.out = nn.Conv1d(width, 2, kernel_size=1)
+        widths = [1] + [config.channels] * config.levels
+        self.layers = nn.ModuleList(nn.Linear(2 * width, config.channels) for width in widths[:-1])
+        self.out = nn.Linear(widths[-1], 2)
         self.dilations = [2**level for level in range(config.levels)]
 
     def forward(self, series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``series`` (batch, length) -> predicted mean and log-spread of every point."""
-        shifted = nn.functional.pad(series, (1, 0))[:, :-1].unsqueeze(1)  # point t sees < t
-        hidden = shifted
-        for conv, dilation in zip(self.convs, self.dilations, strict=True):
-            hidden = torch.relu(conv(nn.functional.pad(hidden, (dilation, 0))))
+        shifted = nn.functional.pad(series, (1, 0))[:, :-1]  # point t sees < t
+        hidden = shifted.unsqueeze(-1)
+        for layer, dilation in zip(self.layers, self.dilations, strict=True):
+            delayed = nn.functional.pad(hidden, (0, 0, dilation, 0))[:, :-dilation]
+            hidden = torch.relu(layer(torch.cat([delayed, hidden], dim=-1)))
         out = self.out(hidden)
-        return shifted[:, 0] + out[:, 0], out[:, 1].clamp(-6.0, 6.0)
+        return shifted + out[..., 0], out[..., 1].clamp(-6.0, 6.0)
 
 
 def standardise_online(values: np.ndarray, span: int) -> np.ndarray:

@@ -22,7 +22,9 @@ from training.stage import log, run, stage_app, write_json
 PLOTTED_SERIES = 4
 
 
-def forecast_report(prepared: Prepared, forecaster: Forecaster, season: int, baselines: list[str], progress: bool) -> tuple[dict[str, Any], list[np.ndarray]]:
+def forecast_report(
+    prepared: Prepared, forecaster: Forecaster, season: int, baselines: list[str], progress: bool
+) -> tuple[dict[str, Any], list[np.ndarray]]:
     config = forecaster.config
     check_lengths(prepared, config.context, config.horizon)
     quantiles = model_forecasts(forecaster.predict, prepared, config.context, config.horizon)
@@ -54,7 +56,9 @@ def main(
     settings = load_params(params)
     prepared = load_prepared(data)
     model, scorer = Forecaster.load(forecaster), Detector.load(detector)
-    forecasts, quantiles = forecast_report(prepared, model, settings.evaluation.season, list(settings.evaluation.baselines), progress)
+    forecasts, quantiles = forecast_report(
+        prepared, model, settings.evaluation.season, list(settings.evaluation.baselines), progress
+    )
     anomalies, scores = anomaly_report(prepared, scorer)
     write_json(metrics / "forecast.json", {key: value for key, value in forecasts.items() if key != "per_series"})
     write_json(metrics / "forecast_per_series.json", forecasts["per_series"])

@@ -55,16 +55,21 @@ def evaluate_forecasts(
 ) -> dict[str, Any]:
     """The output contract of ``tmsops eval forecast``: aggregates, per series, horizon."""
     truth = actuals(prepared, horizon)
-    scales = [seasonal_scale(item.values[:start], season) for item, start in zip(prepared.series, prepared.test_starts, strict=True)]
+    scales = [
+        seasonal_scale(item.values[:start], season)
+        for item, start in zip(prepared.series, prepared.test_starts, strict=True)
+    ]
     points = {model_name: [q[:, 1] for q in quantiles], **baselines}
     per_series = []
     for index, item in enumerate(prepared.series):
-        row: dict[str, Any] = {"key": item.key, "origins": int(len(truth[index])), "scale": scales[index]}
+        row: dict[str, Any] = {"key": item.key, "origins": len(truth[index]), "scale": scales[index]}
         for name, predicted in points.items():
             row[name] = _scores(truth[index], predicted[index], scales[index])
         row[model_name]["coverage"] = coverage(truth[index], quantiles[index][:, 0], quantiles[index][:, 2])
         per_series.append(row)
-    report: dict[str, Any] = {name: _aggregate(per_series, name, truth, predicted) for name, predicted in points.items()}
+    report: dict[str, Any] = {
+        name: _aggregate(per_series, name, truth, predicted) for name, predicted in points.items()
+    }
     report[model_name]["coverage"] = float(np.mean([row[model_name]["coverage"] for row in per_series]))
     report.update(horizon=horizon, season=season, series=len(per_series), per_series=per_series)
     return report
@@ -74,7 +79,9 @@ def _scores(actual: np.ndarray, predicted: np.ndarray, scale: float) -> dict[str
     return {"mase": mase(actual, predicted, scale), "smape": smape(actual, predicted), "wape": wape(actual, predicted)}
 
 
-def _aggregate(per_series: Sequence[dict[str, Any]], name: str, truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[str, float]:
+def _aggregate(
+    per_series: Sequence[dict[str, Any]], name: str, truth: list[np.ndarray], predicted: list[np.ndarray]
+) -> dict[str, float]:
     """MASE and sMAPE averaged over series; WAPE pooled over every point."""
     return {
         "mase": float(np.mean([row[name]["mase"] for row in per_series])),
@@ -83,5 +90,9 @@ def _aggregate(per_series: Sequence[dict[str, Any]], name: str, truth: list[np.n
     }
 
 
-def baseline_forecasts(prepared: Prepared, horizon: int, season: int, names: Sequence[str], progress: bool) -> dict[str, list[np.ndarray]]:
-    return rolling_origin_baselines(prepared.values, prepared.test_starts, horizon, season, names=names, progress=progress)
+def baseline_forecasts(
+    prepared: Prepared, horizon: int, season: int, names: Sequence[str], progress: bool
+) -> dict[str, list[np.ndarray]]:
+    return rolling_origin_baselines(
+        prepared.values, prepared.test_starts, horizon, season, names=names, progress=progress
+    )

@@ -87,9 +87,7 @@ def _fit_one(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = QuantileMLP(config)
-    optimiser = torch.optim.AdamW(
-        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     best_loss, best_state = _validation_loss(net, valid), copy.deepcopy(net.state_dict())
     epochs = tqdm(range(config.epochs), desc=f"forecaster seed {seed}", disable=not progress)

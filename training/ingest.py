@@ -23,8 +23,12 @@ def collect(params: Params) -> list[Series]:
     if data.source == "generate":
         settings = params.generator
         config = GeneratorConfig(
-            seed=settings.seed, services=tuple(settings.services), days=settings.days,
-            step_s=settings.step_s, start=settings.start, incidents_per_service=settings.incidents_per_service,
+            seed=settings.seed,
+            services=tuple(settings.services),
+            days=settings.days,
+            step_s=settings.step_s,
+            start=settings.start,
+            incidents_per_service=settings.incidents_per_service,
         )
         return generate_traces(config)
     if data.source == "prometheus":
@@ -34,7 +38,9 @@ def collect(params: Params) -> list[Series]:
             raise DataError("params.yaml", "data.prometheus.queries is empty: name at least one PromQL query")
         end = datetime.now(UTC).replace(tzinfo=None)
         start = end - timedelta(days=data.prometheus.lookback_days)
-        return load_prometheus(data.prometheus.url, data.prometheus.queries, start=start, end=end, step_s=data.prometheus.step_s)
+        return load_prometheus(
+            data.prometheus.url, data.prometheus.queries, start=start, end=end, step_s=data.prometheus.step_s
+        )
     if not data.path:
         raise DataError("params.yaml", f"data.path must name the input for data.source={data.source}")
     if data.source == "nab":

@@ -25,7 +25,9 @@ def mase(actual: np.ndarray, predicted: np.ndarray, scale: float) -> float:
 def smape(actual: np.ndarray, predicted: np.ndarray) -> float:
     """Symmetric MAPE in percent, 0 where both are 0."""
     denominator = np.abs(actual) + np.abs(predicted)
-    ratio = np.divide(2 * np.abs(actual - predicted), denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    ratio = np.divide(
+        2 * np.abs(actual - predicted), denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
     return float(100 * np.mean(ratio))
 
 

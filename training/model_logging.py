@@ -23,10 +23,15 @@ def _example(prepared: Prepared, length: int) -> pd.DataFrame:
     """The last ``length`` points of the first series, as the long table the models take."""
     frames = []
     for item in prepared.series[:EXAMPLE_SERIES]:
-        frames.append(pd.DataFrame({
-            "series_id": item.key, "timestamp": pd.to_datetime(item.timestamps[-length:]).astype(str),
-            "value": item.values[-length:],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "series_id": item.key,
+                    "timestamp": pd.to_datetime(item.timestamps[-length:]).astype(str),
+                    "value": item.values[-length:],
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -36,16 +41,22 @@ def log_models(prepared: Prepared, forecaster_dir: Path, detector_dir: Path) -> 
     forecaster.forecaster = Forecaster.load(forecaster_dir)
     example = _example(prepared, forecaster.forecaster.config.context)
     forecast_info = mlflow.pyfunc.log_model(
-        name="load-forecaster", python_model=forecaster, artifacts={"forecaster": str(forecaster_dir)},
-        code_paths=[CODE], signature=infer_signature(example, forecaster.predict(None, example)),
+        name="load-forecaster",
+        python_model=forecaster,
+        artifacts={"forecaster": str(forecaster_dir)},
+        code_paths=[CODE],
+        signature=infer_signature(example, forecaster.predict(None, example)),
         input_example=example,
     )
     detector = DetectorModel()
     detector.detector = Detector.load(detector_dir)
     detect_example = _example(prepared, 600)
     detector_info = mlflow.pyfunc.log_model(
-        name="anomaly-detector", python_model=detector, artifacts={"detector": str(detector_dir)},
-        code_paths=[CODE], signature=infer_signature(detect_example, detector.predict(None, detect_example)),
+        name="anomaly-detector",
+        python_model=detector,
+        artifacts={"detector": str(detector_dir)},
+        code_paths=[CODE],
+        signature=infer_signature(detect_example, detector.predict(None, detect_example)),
         input_example=detect_example,
     )
     return {"forecaster": forecast_info.model_uri, "detector": detector_info.model_uri}

@@ -27,8 +27,12 @@ def forecast_plot(series: Series, start: int, points: np.ndarray, quantiles: np.
     for index, origin in enumerate(points):
         stamps = series.timestamps[origin : origin + quantiles.shape[2]]
         steps = len(stamps)
-        axis.fill_between(stamps, quantiles[index, 0, :steps], quantiles[index, 2, :steps], color="tab:blue", alpha=0.25, linewidth=0)
-        axis.plot(stamps, quantiles[index, 1, :steps], color="tab:blue", linewidth=1.0, label="p50" if index == 0 else None)
+        axis.fill_between(
+            stamps, quantiles[index, 0, :steps], quantiles[index, 2, :steps], color="tab:blue", alpha=0.25, linewidth=0
+        )
+        axis.plot(
+            stamps, quantiles[index, 1, :steps], color="tab:blue", linewidth=1.0, label="p50" if index == 0 else None
+        )
     axis.axvline(series.timestamps[start], color="grey", linestyle="--", linewidth=0.8)
     axis.set_title(f"{series.key}: forecast p10-p90 band vs actual (test region right of the dashed line)")
     axis.legend(loc="upper left")

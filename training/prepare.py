@@ -15,7 +15,9 @@ from training.stage import log, read_json, run, stage_app
 
 def main(
     raw: Annotated[Path, typer.Option(help="raw data folder (NAB layout)")] = Path("data/raw"),
-    validation: Annotated[Path, typer.Option(help="report of the validate stage")] = Path("data/validation/report.json"),
+    validation: Annotated[Path, typer.Option(help="report of the validate stage")] = Path(
+        "data/validation/report.json"
+    ),
     params: Annotated[Path, typer.Option(help="pipeline parameters")] = Path("params.yaml"),
     out: Annotated[Path, typer.Option(help="prepared data folder")] = Path("data/processed"),
 ) -> None:

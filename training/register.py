@@ -30,14 +30,18 @@ def flat(prefix: str, payload: Any) -> dict[str, Any]:
     return {} if isinstance(payload, list) else {prefix: payload}
 
 
-def forecaster_decision(candidate: dict[str, Any], champion_mase: float | None, baselines: list[str]) -> tuple[bool, str]:
+def forecaster_decision(
+    candidate: dict[str, Any], champion_mase: float | None, baselines: list[str]
+) -> tuple[bool, str]:
     mase = candidate["champion"]["mase"]
     for name in baselines:
         if mase >= candidate[name]["mase"]:
             return False, f"MASE {mase:.4f} does not beat baseline {name} ({candidate[name]['mase']:.4f})"
     if champion_mase is not None and mase >= champion_mase:
         return False, f"MASE {mase:.4f} does not beat the current champion ({champion_mase:.4f}) on this evaluation set"
-    return True, f"MASE {mase:.4f} beats every baseline" + ("" if champion_mase is None else f" and the champion ({champion_mase:.4f})")
+    return True, f"MASE {mase:.4f} beats every baseline" + (
+        "" if champion_mase is None else f" and the champion ({champion_mase:.4f})"
+    )
 
 
 def detector_decision(candidate: dict[str, Any], champion_score: float | None) -> tuple[bool, str]:
@@ -46,8 +50,13 @@ def detector_decision(candidate: dict[str, Any], champion_score: float | None) -
     if not score > baseline:
         return False, f"NAB standard {score:.1f} does not beat the windowed Gaussian baseline ({baseline:.1f})"
     if champion_score is not None and not score > champion_score:
-        return False, f"NAB standard {score:.1f} does not beat the current champion ({champion_score:.1f}) on this evaluation set"
-    return True, f"NAB standard {score:.1f} beats the baseline ({baseline:.1f})" + ("" if champion_score is None else f" and the champion ({champion_score:.1f})")
+        return (
+            False,
+            f"NAB standard {score:.1f} does not beat the current champion ({champion_score:.1f}) on this data",
+        )
+    return True, f"NAB standard {score:.1f} beats the baseline ({baseline:.1f})" + (
+        "" if champion_score is None else f" and the champion ({champion_score:.1f})"
+    )
 
 
 def _champion_scores(client: Any, params: Params, prepared: Prepared) -> tuple[float | None, float | None]:
@@ -60,11 +69,15 @@ def _champion_scores(client: Any, params: Params, prepared: Prepared) -> tuple[f
     names = params.registry
     forecast_score = detector_score = None
     if _alias_exists(client, names.forecaster_name):
-        champion = mlflow.pyfunc.load_model(f"models:/{names.forecaster_name}@{CHAMPION}").unwrap_python_model().forecaster
+        champion = (
+            mlflow.pyfunc.load_model(f"models:/{names.forecaster_name}@{CHAMPION}").unwrap_python_model().forecaster
+        )
         config = champion.config
         check_lengths(prepared, config.context, config.horizon)
         quantiles = model_forecasts(champion.predict, prepared, config.context, config.horizon)
-        forecast_score = evaluate_forecasts(prepared, quantiles, {}, horizon=config.horizon, season=params.evaluation.season)["champion"]["mase"]
+        forecast_score = evaluate_forecasts(
+            prepared, quantiles, {}, horizon=config.horizon, season=params.evaluation.season
+        )["champion"]["mase"]
     if _alias_exists(client, names.detector_name):
         champion = mlflow.pyfunc.load_model(f"models:/{names.detector_name}@{CHAMPION}").unwrap_python_model().detector
         detector_score = anomaly_report(prepared, champion)[0]["detector"]["standard"]["score"]
@@ -103,12 +116,20 @@ def main(
     forecast, anomaly = read_json(metrics / "forecast.json"), read_json(metrics / "anomaly.json")
     champion_mase, champion_nab = _champion_scores(client, settings, prepared)
     decisions = {
-        settings.registry.forecaster_name: forecaster_decision(forecast, champion_mase, list(settings.evaluation.baselines)),
+        settings.registry.forecaster_name: forecaster_decision(
+            forecast, champion_mase, list(settings.evaluation.baselines)
+        ),
         settings.registry.detector_name: detector_decision(anomaly, champion_nab),
     }
     with mlflow.start_run(run_name="retrain") as active:
         mlflow.log_params(flat("", settings.model_dump(mode="json")))
-        mlflow.log_metrics({key: float(value) for key, value in {**flat("forecast", forecast), **flat("anomaly", anomaly)}.items() if isinstance(value, int | float)})
+        mlflow.log_metrics(
+            {
+                key: float(value)
+                for key, value in {**flat("forecast", forecast), **flat("anomaly", anomaly)}.items()
+                if isinstance(value, int | float)
+            }
+        )
         for folder in (validation, metrics, plots):
             if folder.exists():
                 mlflow.log_artifacts(str(folder), artifact_path=folder.name)

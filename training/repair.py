@@ -2,8 +2,8 @@
 
 When a clock jumps forward (daylight saving time), some exporters stamp every sample
 of the skipped hour with the time after the jump: a run of ``r`` identical timestamps
-right after a gap, where the interval from the previous timestamp to the next one is
-``r + 1`` regular steps. Those rows are in order and complete; only their stamps are
+that comes at least ``r`` steps after the previous timestamp, where the previous and
+the next timestamps are ``r + 1`` steps apart. Those rows are in order and complete; only their stamps are
 wrong, so they are spread evenly over that interval. Any other duplicate or
 out-of-order timestamp is left alone for validation to reject.
 """
@@ -30,8 +30,10 @@ def respace_clock_shifts(series: Series) -> tuple[Series, list[str]]:
     for start, end in _equal_runs(stamps):
         if start == 0 or end >= len(stamps):
             continue
+        run = end - start
+        gap_before = (stamps[start] - stamps[start - 1]) / step
         span = (stamps[end] - stamps[start - 1]) / step
-        if abs(span - (end - start + 1)) <= 0.5:
+        if gap_before >= run - 0.5 and abs(span - (run + 1)) <= 0.5:
             fixed[start:end] = np.linspace(stamps[start - 1], stamps[end], end - start + 2)[1:-1].astype(np.int64)
             notes.append(
                 f"{series.source}: lines {start + 2}-{end + 1} share one timestamp after a gap "

@@ -49,12 +49,18 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         frames = []
         for index, (key, _) in enumerate(groups):
             step = np.median(np.diff(stamps[index]))
-            frames.append(pd.DataFrame({
-                "series_id": key,
-                "step": np.arange(1, horizon + 1),
-                "timestamp": stamps[index][-1] + step * np.arange(1, horizon + 1),
-                "p10": quantiles[index, 0], "p50": quantiles[index, 1], "p90": quantiles[index, 2],
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "series_id": key,
+                        "step": np.arange(1, horizon + 1),
+                        "timestamp": stamps[index][-1] + step * np.arange(1, horizon + 1),
+                        "p10": quantiles[index, 0],
+                        "p50": quantiles[index, 1],
+                        "p90": quantiles[index, 2],
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)
 
 
@@ -75,8 +81,14 @@ class DetectorModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         frames = []
         for key, rows in _grouped(model_input):
             scores = self.score(rows["value"].to_numpy(np.float64))
-            frames.append(pd.DataFrame({
-                "series_id": key, "timestamp": rows["timestamp"].to_numpy(),
-                "score": scores, "is_anomaly": scores >= self.threshold,
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "series_id": key,
+                        "timestamp": rows["timestamp"].to_numpy(),
+                        "score": scores,
+                        "is_anomaly": scores >= self.threshold,
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)

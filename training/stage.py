@@ -27,6 +27,8 @@ def stage_app(command: Callable[..., None]) -> typer.Typer:
 def run(app: typer.Typer) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "mlflow.pyfunc", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app()
     except TmsopsError as error:

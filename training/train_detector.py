@@ -26,8 +26,12 @@ def main(
     training_parts = [item.values[:start] for item, start in zip(prepared.series, prepared.test_starts, strict=True)]
     detector, metrics = fit_detector(training_parts, config, progress=progress)
     heads = [
-        replace(item, values=item.values[:start], timestamps=item.timestamps[:start],
-                windows=tuple(w for w in item.windows if w[1] <= item.timestamps[start - 1]))
+        replace(
+            item,
+            values=item.values[:start],
+            timestamps=item.timestamps[:start],
+            windows=tuple(w for w in item.windows if w[1] <= item.timestamps[start - 1]),
+        )
         for item, start in zip(prepared.series, prepared.test_starts, strict=True)
     ]
     threshold = best_threshold(score_files(detector.score, heads), config.threshold)

@@ -21,7 +21,9 @@ def main(
 ) -> None:
     prepared = load_prepared(data)
     config = load_params(params).forecaster_config()
-    forecaster, metrics = fit_forecaster(prepared.values, prepared.timestamps, prepared.test_starts, config, progress=progress)
+    forecaster, metrics = fit_forecaster(
+        prepared.values, prepared.timestamps, prepared.test_starts, config, progress=progress
+    )
     forecaster.save(out)
     write_json(out / "training.json", metrics)
     log.info("forecaster trained on %d windows: %s", int(metrics["train_windows"]), metrics)

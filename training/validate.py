@@ -35,7 +35,10 @@ def main(
     if not report.success:
         for result in report.failed():
             print(result.message(), file=sys.stderr)
-        print(f"error: {len(report.failed())} of {len(series)} series failed validation; nothing downstream runs", file=sys.stderr)
+        print(
+            f"error: {len(report.failed())} of {len(series)} series failed validation; nothing downstream runs",
+            file=sys.stderr,
+        )
         raise typer.Exit(1)
     log.info("all %d series passed validation", len(series))
 

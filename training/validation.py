@@ -68,9 +68,7 @@ class Report:
         return {
             "success": self.success,
             "series": len(self.results),
-            "failed": [
-                {"key": r.key, "source": r.source, "failures": r.failures} for r in self.failed()
-            ],
+            "failed": [{"key": r.key, "source": r.source, "failures": r.failures} for r in self.failed()],
         }
 
 
@@ -126,7 +124,9 @@ class _SuiteRunner:
         if kind not in self.definitions:
             import great_expectations as gx
 
-            suite = self.context.suites.add(gx.ExpectationSuite(name=f"series-{kind}", expectations=self._expectations(kind)))
+            suite = self.context.suites.add(
+                gx.ExpectationSuite(name=f"series-{kind}", expectations=self._expectations(kind))
+            )
             self.definitions[kind] = self.context.validation_definitions.add(
                 gx.ValidationDefinition(name=f"validate-{kind}", data=self.batch, suite=suite)
             )
@@ -146,11 +146,13 @@ class _SuiteRunner:
                 column="step_ratio",
                 min_value=self.rules.min_step_ratio,
                 max_value=self.rules.max_gap_steps,
-                meta={"problem": f"irregular step (gap over {self.rules.max_gap_steps:g} steps or much shorter than the usual step)"},
+                meta={"problem": f"irregular step (a gap over {self.rules.max_gap_steps:g} steps or a short step)"},
             ),
             gxe.ExpectColumnValuesToNotBeNull(column="value", meta={"problem": "value missing or not a number"}),
             gxe.ExpectColumnValuesToBeBetween(
-                column="value", min_value=low, max_value=high,
+                column="value",
+                min_value=low,
+                max_value=high,
                 meta={"problem": f"value infinite or outside the plausible range [{low:g}, {high:g}] for {kind}"},
             ),
             gxe.ExpectTableRowCountToBeBetween(

@@ -102,7 +102,7 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             text=True,
             # Tests start these services from the main thread only.
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509
+            preexec_fn=_die_with_parent(),
         )
 
 

@@ -15,9 +15,6 @@ from training.baselines import (
     rolling_origin_baselines,
 )
 
-# statsforecast's own docstrings warn on first import under Python 3.11.
-pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
-
 M = 24  # steps per "day" in these tests
 H = 6
 
@@ -110,7 +107,9 @@ def test_fitted_baselines_beat_naive_on_a_clean_seasonal_series(
         assert _mae(y, test_start, forecasts) < 0.3 * naive_mae, name
 
 
-def test_mstl_drops_the_weekly_season_under_two_weeks_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+def test_mstl_drops_the_weekly_season_under_two_weeks_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     assert mstl_seasons(14 * M, M) == [M, 7 * M]
     assert mstl_seasons(14 * M - 1, M) == [M]
     y = _seasonal_series()
@@ -130,7 +129,9 @@ def test_a_constant_series_does_not_crash(value: float) -> None:
         np.testing.assert_allclose(forecasts[0], value, atol=1e-6, err_msg=name)
 
 
-def test_a_model_that_cannot_fit_falls_back_to_naive(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_model_that_cannot_fit_falls_back_to_naive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Under two seasons of training data: STL cannot decompose it.
     y = _seasonal_series(3 * M)
     with caplog.at_level(logging.WARNING, logger="training.baselines"):

@@ -59,11 +59,11 @@ def _raw(files: Sequence[ScoredFile], profile: Profile = STANDARD, threshold: fl
 
 
 def test_profiles_have_nab_weights() -> None:
-    assert PROFILES == {
+    assert {
         "standard": Profile(tp=1.0, fn=1.0, fp=0.11),
         "reward_low_FP_rate": Profile(tp=1.0, fn=1.0, fp=0.22),
         "reward_low_FN_rate": Profile(tp=1.0, fn=2.0, fp=0.11),
-    }
+    } == PROFILES
 
 
 def test_probation_length() -> None:

@@ -1,0 +1,1 @@
+"""actuators wing of tmsops (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""chaos wing of tmsops (see DESIGN.md)."""

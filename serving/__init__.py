@@ -1,0 +1,1 @@
+"""serving wing of tmsops (see DESIGN.md)."""

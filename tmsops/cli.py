@@ -1,0 +1,36 @@
+"""The ``tmsops`` command line.
+
+The core knows none of the wings (training, serving, actuators, chaos); each wing
+adds its command groups through the ``tmsops.commands`` entry point group, so
+``tmsops eval ...`` comes from the training wing without the core importing it.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import typer
+
+from tmsops.errors import TmsopsError
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help="tmsops: forecast-driven autoscaling, verified optimisation and safeguarded chaos.",
+    )
+    for entry in sorted(entry_points(group="tmsops.commands"), key=lambda item: item.name):
+        app.add_typer(entry.load(), name=entry.name)
+    return app
+
+
+def app() -> None:
+    """Console entry point: run the CLI, turning tmsops errors into one clear line."""
+    try:
+        build_app()()
+    except TmsopsError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        sys.exit(2)
