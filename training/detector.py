@@ -1,17 +1,22 @@
-"""The anomaly detector: a causal convolutional predictor plus an anomaly likelihood.
+"""The anomaly detector: a causal convolutional predictor and a level test, each turned
+into an anomaly likelihood, reported at the onset of a surprise.
 
 Scoring a series is one vectorised causal pass, and the value at point ``t`` depends
 only on points ``<= t``, so the same code scores a live stream:
 
 1. the series is standardised online (exponentially weighted mean and spread of the
    points before ``t``), so the detector adapts to each series' level and units;
-2. a dilated causal convolution network predicts each point's mean and spread from
-   the points before it; the surprise is the absolute error in predicted spreads;
-3. the anomaly likelihood compares the mean surprise over the last few points with
-   its distribution over a long past window; its Gaussian tail probability is the
-   score in [0, 1];
-4. a score only stands when it is a new high over the recent past, so a long
-   anomaly is reported once at its onset instead of at every point.
+2. a dilated causal convolution network (receptive field ``2**levels`` points, more
+   than a day at 5-minute steps) predicts each point's mean and spread from the points
+   before it; the prediction surprise is the absolute error in predicted spreads;
+3. the level surprise is the point's distance from the mean of the ``level_window``
+   points before it, in their standard deviations (the windowed Gaussian test);
+4. the anomaly likelihood of each surprise is the z-score of its recent mean
+   (``short_window`` points for the prediction, the point itself for the level) of
+   ``log(1 + surprise)`` against the mean and spread of all earlier values; the larger
+   of the two z-scores, as a Gaussian tail ``-log10 P``, is squashed into [0, 1);
+5. a score only stands when it is a new high over the last ``novelty_window`` points,
+   so a long anomaly is reported once at its onset instead of at every point.
 """
 
 from __future__ import annotations
@@ -31,12 +36,18 @@ class DetectorConfig:
     """Every hyperparameter of the detector; ``params.yaml`` holds the values."""
 
     channels: int = 16
-    levels: int = 5  # receptive field 2**levels points
+    levels: int = 9  # receptive field 2**levels points
     standardise_span: int = 288
-    short_window: int = 6
-    long_window: int = 576
+    short_window: int = 3
+    level_window: int = 576
     novelty_window: int = 288
-    epochs: int = 30
+    season: int = 288  # steps per season: one day at 5-minute steps
+    seasons: int = 5  # earlier seasons compared with
+    shape_window: int = 6
+    shape_tolerance: int = 2  # phase slack of the shape test, in steps
+    phase_tolerance: int = 12  # phase slack of the seasonal explanation, in steps
+    tail_scale: float = 5.0  # -log10 tail probability at which the score is 0.5
+    epochs: int = 60
     batch_size: int = 8
     learning_rate: float = 3e-3
     seed: int = 11
@@ -76,16 +87,46 @@ def standardise_online(values: np.ndarray, span: int) -> np.ndarray:
     return standard.fillna(0.0).clip(-50.0, 50.0).to_numpy(np.float32)
 
 
-def anomaly_likelihood(surprise: np.ndarray, short: int, long: int) -> np.ndarray:
-    """Tail probability of the recent mean surprise against its long-run distribution."""
-    frame = pd.Series(surprise.astype(np.float64))
+def level_surprise(values: np.ndarray, window: int) -> np.ndarray:
+    """Distance of each point from the mean of the ``window`` points before it, in their
+    standard deviations."""
+    frame = pd.Series(np.asarray(values, dtype=np.float64))
+    past = frame.shift(1).rolling(window, min_periods=2)
+    return ((frame - past.mean()).abs() / past.std().clip(lower=1e-9)).fillna(0.0).to_numpy()
+
+
+def phase_distances(values: np.ndarray, season: int, seasons: int, tolerance: int) -> pd.DataFrame:
+    """Column ``k - 1``: distance of each point from the range of the ``2 * tolerance + 1``
+    points around the same phase ``k`` seasons earlier (NaN before that season exists)."""
+    frame = pd.Series(np.asarray(values, dtype=np.float64))
+    around = frame.rolling(2 * tolerance + 1, min_periods=1)
+    high, low = around.max(), around.min()
+    lags = [season * k - tolerance for k in range(1, seasons + 1)]  # window end, > 0 steps back
+    return pd.DataFrame(
+        {lag: np.maximum(frame - high.shift(lag), low.shift(lag) - frame).clip(lower=0.0) for lag in lags}
+    )
+
+
+def relative_to_past(distance: pd.Series, span: int) -> np.ndarray:
+    """Each distance in units of the exponentially weighted mean of the distances before it."""
+    typical = distance.ewm(span=span, min_periods=1, ignore_na=True).mean().shift(1)
+    return (distance / typical.clip(lower=1e-9)).to_numpy()
+
+
+def likelihood_z(surprise: np.ndarray, short: int) -> np.ndarray:
+    """z-score of the mean log-surprise over the last ``short`` points against the mean
+    and spread of every earlier log-surprise."""
+    frame = pd.Series(np.log1p(surprise.astype(np.float64)))
     recent = frame.rolling(short, min_periods=1).mean()
-    history = frame.shift(short)
-    history_mean = history.rolling(long, min_periods=short).mean()
-    history_std = history.rolling(long, min_periods=short).std()
-    z = (recent - history_mean) / np.maximum(history_std.fillna(1.0), 1e-3)
-    likelihood = torch.special.ndtr(torch.from_numpy(z.fillna(0.0).to_numpy())).numpy()
-    return np.asarray(likelihood)
+    history = frame.shift(short).expanding(min_periods=short)
+    z = (recent - history.mean()) / history.std().clip(lower=1e-3)
+    return z.fillna(0.0).to_numpy()
+
+
+def tail_score(z: np.ndarray, scale: float) -> np.ndarray:
+    """Gaussian upper tail of ``z`` as ``-log10 P``, squashed into [0, 1) without saturating."""
+    neg_log_tail = -torch.special.log_ndtr(torch.from_numpy(-z)).numpy() / np.log(10.0)
+    return np.asarray(neg_log_tail / (neg_log_tail + scale))
 
 
 def keep_new_highs(scores: np.ndarray, window: int) -> np.ndarray:
@@ -110,10 +151,11 @@ class Detector:
 
     def score(self, values: np.ndarray) -> np.ndarray:
         """Anomaly score in [0, 1] for every point, using only the points before it."""
-        likelihood = anomaly_likelihood(
-            self.surprise(values), self.config.short_window, self.config.long_window
-        )
-        return keep_new_highs(likelihood, self.config.novelty_window)
+        config = self.config
+        prediction = likelihood_z(self.surprise(values), config.short_window)
+        level = likelihood_z(level_surprise(values, config.level_window), 1)
+        score = tail_score(np.maximum(prediction, level), config.tail_scale)
+        return keep_new_highs(score, config.novelty_window)
 
     def with_threshold(self, threshold: float) -> Detector:
         config = DetectorConfig(**{**asdict(self.config), "threshold": float(threshold)})

@@ -21,6 +21,7 @@ from training.nab_scoring import window_labels
 from training.params import Params, load_params
 from training.repair import respace_clock_shifts
 from training.series import Series
+from training.served_models import IncompatibleModelError
 from training.stage import log
 from training.validation import Rules, validate
 
@@ -56,6 +57,8 @@ def _load_model(uri: str, params: Params) -> Any:
     mlflow.set_tracking_uri(params.registry.tracking_uri)
     try:
         return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except IncompatibleModelError as error:
+        raise DataError(uri, error.message) from error
     except (MlflowException, OSError) as error:
         raise DataError(uri, f"cannot load the model ({error})") from error
 

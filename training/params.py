@@ -12,6 +12,8 @@ from tmsops.errors import DataError
 from training.detector import DetectorConfig
 from training.forecaster import ForecasterConfig
 
+Baseline = Literal["naive", "seasonal_naive", "autoets", "mstl"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -28,7 +30,7 @@ class DataParams(_Strict):
     source: Literal["generate", "nab", "csv", "prometheus"] = "generate"
     path: str | None = None
     labels: str | None = None
-    prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
+    prometheus: PrometheusSource = PrometheusSource()
 
 
 class GeneratorParams(_Strict):
@@ -51,9 +53,12 @@ class SplitParams(_Strict):
 
 class EvaluationParams(_Strict):
     season: int = Field(288, gt=1)
-    baselines: list[Literal["naive", "seasonal_naive", "autoets", "mstl"]] = Field(
-        default_factory=lambda: ["naive", "seasonal_naive", "autoets", "mstl"]
-    )
+    baselines: list[Literal["naive", "seasonal_naive", "autoets", "mstl"]] = [
+        "naive",
+        "seasonal_naive",
+        "autoets",
+        "mstl",
+    ]
 
 
 class RegistryParams(_Strict):
@@ -64,14 +69,14 @@ class RegistryParams(_Strict):
 
 
 class Params(_Strict):
-    data: DataParams = Field(default_factory=DataParams)
-    generator: GeneratorParams = Field(default_factory=GeneratorParams)
-    validation: ValidationParams = Field(default_factory=ValidationParams)
-    split: SplitParams = Field(default_factory=SplitParams)
+    data: DataParams = DataParams()
+    generator: GeneratorParams = GeneratorParams()
+    validation: ValidationParams = ValidationParams()
+    split: SplitParams = SplitParams()
     forecaster: dict[str, float | int] = Field(default_factory=dict)
     detector: dict[str, float | int] = Field(default_factory=dict)
-    evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
-    registry: RegistryParams = Field(default_factory=RegistryParams)
+    evaluation: EvaluationParams = EvaluationParams()
+    registry: RegistryParams = RegistryParams()
 
     def forecaster_config(self, **overrides: int) -> ForecasterConfig:
         return ForecasterConfig(**{**self.forecaster, **overrides})  # type: ignore[arg-type]

@@ -61,37 +61,40 @@ def detector_decision(candidate: dict[str, Any], champion_score: float | None) -
 
 def _champion_scores(client: Any, params: Params, prepared: Prepared) -> tuple[float | None, float | None]:
     """The current champions' scores on this evaluation set, or None where there is none."""
-    import mlflow
-
     from training.evaluate import anomaly_report
     from training.forecast_eval import check_lengths, evaluate_forecasts, model_forecasts
 
     names = params.registry
     forecast_score = detector_score = None
-    if _alias_exists(client, names.forecaster_name):
-        champion = (
-            mlflow.pyfunc.load_model(f"models:/{names.forecaster_name}@{CHAMPION}").unwrap_python_model().forecaster
-        )
+    if loaded := _load_champion(client, names.forecaster_name):
+        champion = loaded.forecaster
         config = champion.config
         check_lengths(prepared, config.context, config.horizon)
         quantiles = model_forecasts(champion.predict, prepared, config.context, config.horizon)
         forecast_score = evaluate_forecasts(
             prepared, quantiles, {}, horizon=config.horizon, season=params.evaluation.season
         )["champion"]["mase"]
-    if _alias_exists(client, names.detector_name):
-        champion = mlflow.pyfunc.load_model(f"models:/{names.detector_name}@{CHAMPION}").unwrap_python_model().detector
-        detector_score = anomaly_report(prepared, champion)[0]["detector"]["standard"]["score"]
+    if loaded := _load_champion(client, names.detector_name):
+        detector_score = anomaly_report(prepared, loaded.detector)[0]["detector"]["standard"]["score"]
     return forecast_score, detector_score
 
 
-def _alias_exists(client: Any, name: str) -> bool:
+def _load_champion(client: Any, name: str) -> Any:
+    """The champion's python model; None when there is none or this code cannot read it."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
+    from training.served_models import IncompatibleModelError
+
     try:
-        client.get_model_version_by_alias(name, CHAMPION)
+        version = client.get_model_version_by_alias(name, CHAMPION).version
     except MlflowException:
-        return False
-    return True
+        return None
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model()
+    except IncompatibleModelError as error:
+        log.warning("%s version %s (champion) cannot be compared and will be replaced: %s", name, version, error)
+        return None
 
 
 def main(

@@ -50,7 +50,7 @@ def _equal_runs(stamps: np.ndarray) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     for index in same:
         if runs and runs[-1][1] == index + 1:
-            runs[-1] = (runs[-1][0], index + 2)
+            runs[-1] = (runs[-1][0], int(index) + 2)
         else:
             runs.append((int(index), int(index) + 2))
     return runs

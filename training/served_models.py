@@ -12,12 +12,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
+from tmsops.errors import PermanentError
 from training.detector import Detector
 from training.forecaster import Forecaster
+
+
+class IncompatibleModelError(PermanentError):
+    """A logged model this version of the code cannot read (its format changed since)."""
+
+
+def _load(kind: type[Forecaster] | type[Detector], directory: Path) -> Any:
+    try:
+        return kind.load(directory)
+    except (RuntimeError, TypeError, KeyError, FileNotFoundError) as error:
+        raise IncompatibleModelError(
+            f"the {kind.__name__.lower()} in {directory} was saved in a format this code cannot read; "
+            f"retrain it ({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
 
 
 def _grouped(model_input: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -27,11 +42,11 @@ def _grouped(model_input: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(str(key), rows) for key, rows in model_input.groupby("series_id", sort=False)]
 
 
-class ForecasterModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class ForecasterModel(PythonModel):
     forecaster: Forecaster
 
     def load_context(self, context: Any) -> None:
-        self.forecaster = Forecaster.load(Path(context.artifacts["forecaster"]))
+        self.forecaster = _load(Forecaster, Path(context.artifacts["forecaster"]))
 
     def forecast(self, contexts: np.ndarray, origin_times: np.ndarray) -> np.ndarray:
         """(batch, context) values and last timestamps -> (batch, 3, horizon) p10/p50/p90."""
@@ -64,11 +79,11 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         return pd.concat(frames, ignore_index=True)
 
 
-class DetectorModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class DetectorModel(PythonModel):
     detector: Detector
 
     def load_context(self, context: Any) -> None:
-        self.detector = Detector.load(Path(context.artifacts["detector"]))
+        self.detector = _load(Detector, Path(context.artifacts["detector"]))
 
     @property
     def threshold(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.params import load_params
 from training.stage import read_json
@@ -33,15 +34,15 @@ def main() -> None:
     sys.stdout.flush()
 
 
-def _headline(metrics: dict[str, object]) -> str:
+def _headline(metrics: dict[str, Any]) -> str:
     if "champion" in metrics:
         return ", ".join(
             f"{name} MASE {metrics[name]['mase']:.3f}"
             for name in ("champion", "naive", "seasonal_naive", "autoets", "mstl")
             if name in metrics
-        )  # type: ignore[index]
-    detector = metrics["detector"]["standard"]  # type: ignore[index]
-    baseline = metrics["windowed_gaussian"]["standard"]  # type: ignore[index]
+        )
+    detector = metrics["detector"]["standard"]
+    baseline = metrics["windowed_gaussian"]["standard"]
     return f"NAB standard {detector['score']:.1f} (windowed Gaussian {baseline['score']:.1f})"
 
 

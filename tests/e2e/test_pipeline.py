@@ -112,13 +112,82 @@ def test_bad_data_stops_at_validation(project: Path, tmp_path: Path) -> None:
     lines[60] = lines[59]
     victim.write_text("\n".join(lines) + "\n")
     result = run(
-        [sys.executable, "-m", "training.validate", "--raw", str(raw), "--out", str(tmp_path / "v")], project, check=False
+        [sys.executable, "-m", "training.validate", "--raw", str(raw), "--out", str(tmp_path / "v")],
+        project,
+        check=False,
     )
     assert result.returncode != 0
     assert f"{victim}: failed validation" in result.stderr
     assert "value missing or not a number" in result.stderr and "line 41" in result.stderr
     assert "duplicated timestamp" in result.stderr
     assert not json.loads((tmp_path / "v" / "report.json").read_text())["success"]
-    refused = run([sys.executable, "-m", "training.prepare", "--raw", str(raw), "--validation", str(tmp_path / "v" / "report.json"), "--out", str(tmp_path / "p")], project, check=False)
+    refused = run(
+        [
+            sys.executable,
+            "-m",
+            "training.prepare",
+            "--raw",
+            str(raw),
+            "--validation",
+            str(tmp_path / "v" / "report.json"),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        project,
+        check=False,
+    )
     assert refused.returncode == 2 and "has not passed validation" in refused.stderr
     assert not (tmp_path / "p").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_mlflow_ui_serves_the_runs_and_the_registered_models(project: Path) -> None:
+    import time
+
+    import httpx
+
+    port = free_port()
+    command = ["mlflow", "server", "--backend-store-uri", "sqlite:///mlruns/mlflow.db", "--host", "127.0.0.1"]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", "1"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        models = httpx.get(f"{base}/api/2.0/mlflow/registered-models/search", timeout=10).json()["registered_models"]
+        aliases = {model["name"]: {entry["alias"] for entry in model.get("aliases", [])} for model in models}
+        assert set(aliases) == {"load-forecaster", "anomaly-detector"}
+        assert all(names for names in aliases.values())
+        experiment = httpx.get(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "tmsops-training"}, timeout=10
+        ).json()["experiment"]
+        runs = httpx.post(
+            f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment["experiment_id"]]}, timeout=10
+        ).json()["runs"]
+        data = runs[-1]["data"]
+        assert any(item["key"] == "forecast.champion.mase" for item in data["metrics"])
+        assert any(item["key"] == "forecaster.horizon" for item in data["params"])
+        assert httpx.get(base, timeout=10).status_code == 200  # the UI page itself
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -91,9 +91,7 @@ def _die_with_parent() -> Callable[[], object] | None:
     return functools.partial(prctl, pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _spawn(
-    args: list[str], log: Path, *, capture_stdout: bool = False
-) -> subprocess.Popen[str]:
+def _spawn(args: list[str], log: Path, *, capture_stdout: bool = False) -> subprocess.Popen[str]:
     with log.open("w") as log_file:
         return subprocess.Popen(
             args,
@@ -129,9 +127,7 @@ def _tail(log: Path) -> str:
 
 
 def _find_prometheus() -> str:
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
+    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
     if found is None:
         require_service(
             "prometheus",
@@ -149,15 +145,11 @@ def _start_exporter(tmp: Path) -> tuple[subprocess.Popen[str], int]:
     line = process.stdout.readline().strip()
     if not line.isdigit():
         _stop(process)
-        pytest.fail(
-            f"the test exporter did not start: {line!r}\n{_tail(log)}", pytrace=False
-        )
+        pytest.fail(f"the test exporter did not start: {line!r}\n{_tail(log)}", pytrace=False)
     return process, int(line)
 
 
-def _start_prometheus(
-    binary: str, tmp: Path, target_port: int
-) -> tuple[subprocess.Popen[str], str]:
+def _start_prometheus(binary: str, tmp: Path, target_port: int) -> tuple[subprocess.Popen[str], str]:
     config = tmp / "prometheus.yml"
     config.write_text(_CONFIG.format(job=EXPORTER_JOB, port=target_port))
     port = _free_port()
@@ -171,9 +163,7 @@ def _start_prometheus(
     return _spawn(args, tmp / "prometheus.log"), f"http://127.0.0.1:{port}"
 
 
-def _wait_until_scraped(
-    process: subprocess.Popen[str], base_url: str, log: Path
-) -> None:
+def _wait_until_scraped(process: subprocess.Popen[str], base_url: str, log: Path) -> None:
     """Wait for /-/ready and for a few scraped samples of the exporter's counter."""
     query = f'count_over_time(tmsops_test_ticks_total{{job="{EXPORTER_JOB}"}}[1m])'
     deadline = time.monotonic() + _STARTUP_DEADLINE_S
@@ -187,18 +177,14 @@ def _wait_until_scraped(
             if _sample_count(client, base_url, query) >= _SAMPLES_BEFORE_READY:
                 return
             time.sleep(0.25)
-    pytest.fail(
-        f"prometheus did not scrape the exporter within {_STARTUP_DEADLINE_S} s:\n{_tail(log)}"
-    )
+    pytest.fail(f"prometheus did not scrape the exporter within {_STARTUP_DEADLINE_S} s:\n{_tail(log)}")
 
 
 def _sample_count(client: httpx.Client, base_url: str, query: str) -> float:
     try:
         if client.get(f"{base_url}/-/ready").status_code != 200:
             return 0.0
-        result = client.get(f"{base_url}/api/v1/query", params={"query": query}).json()[
-            "data"
-        ]["result"]
+        result = client.get(f"{base_url}/api/v1/query", params={"query": query}).json()["data"]["result"]
     except (httpx.HTTPError, ValueError, KeyError):
         return 0.0
     return float(result[0]["value"][1]) if result else 0.0

@@ -35,9 +35,7 @@ def _recent_range(seconds: int) -> tuple[datetime, datetime]:
     return end - timedelta(seconds=seconds), end
 
 
-def _load(
-    url: str, queries: dict[str, str], seconds: int = 30, **kwargs: int
-) -> list[Series]:
+def _load(url: str, queries: dict[str, str], seconds: int = 30, **kwargs: int) -> list[Series]:
     start, end = _recent_range(seconds)
     return load_prometheus(url, queries, start=start, end=end, step_s=STEP_S, **kwargs)
 
@@ -56,9 +54,7 @@ def _assert_on_step_grid(series: Series, start: datetime) -> None:
 
 def test_gauge_values_and_timestamps(prometheus: str) -> None:
     start, end = _recent_range(30)
-    [series] = load_prometheus(
-        prometheus, {"checkout/queue_depth": GAUGE}, start=start, end=end, step_s=STEP_S
-    )
+    [series] = load_prometheus(prometheus, {"checkout/queue_depth": GAUGE}, start=start, end=end, step_s=STEP_S)
     assert series.key == "checkout/queue_depth"
     assert series.source == f"{prometheus} query {GAUGE!r}"
     assert series.metric == "unknown"
@@ -91,14 +87,8 @@ def test_several_result_series_get_label_keys(prometheus: str) -> None:
     series = _by_key(_load(prometheus, {"fleet/memory_bytes": MEMORY}))
     assert len(series) == len(MEMORY_BYTES)
     for service, value in MEMORY_BYTES.items():
-        [key] = [
-            key
-            for key in series
-            if key.endswith(f",job={EXPORTER_JOB},service={service}")
-        ]
-        assert key.startswith(
-            "fleet/memory_bytes/__name__=tmsops_test_memory_bytes,instance=127.0.0.1:"
-        )
+        [key] = [key for key in series if key.endswith(f",job={EXPORTER_JOB},service={service}")]
+        assert key.startswith("fleet/memory_bytes/__name__=tmsops_test_memory_bytes,instance=127.0.0.1:")
         found = series[key]
         assert found.metric == "memory_bytes"
         assert found.category == "fleet/memory_bytes"
@@ -113,9 +103,7 @@ def test_chunked_loading_matches_one_request(prometheus: str) -> None:
     }
     start, end = _recent_range(25)
     whole = load_prometheus(prometheus, queries, start=start, end=end, step_s=STEP_S)
-    chunked = load_prometheus(
-        prometheus, queries, start=start, end=end, step_s=STEP_S, max_points=3
-    )
+    chunked = load_prometheus(prometheus, queries, start=start, end=end, step_s=STEP_S, max_points=3)
     assert [s.key for s in chunked] == [s.key for s in whole]
     for one, many in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(many.timestamps, one.timestamps)

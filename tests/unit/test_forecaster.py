@@ -15,7 +15,9 @@ CONFIG = ForecasterConfig(context=24, horizon=4, hidden=16, layers=1, epochs=3, 
 def data(n: int = 400) -> tuple[list[np.ndarray], list[np.ndarray]]:
     steps = np.arange(n)
     stamps = np.datetime64("2024-01-01", "ns") + steps * np.timedelta64(5, "m")
-    values = [10 + 5 * np.sin(2 * np.pi * steps / 24) + np.random.default_rng(seed).normal(0, 0.3, n) for seed in (1, 2)]
+    values = [
+        10 + 5 * np.sin(2 * np.pi * steps / 24) + np.random.default_rng(seed).normal(0, 0.3, n) for seed in (1, 2)
+    ]
     return values, [stamps, stamps]
 
 

@@ -77,9 +77,7 @@ def test_a_service_does_not_depend_on_the_others(by_key: dict[str, Series]) -> N
 
 
 def test_sixteen_series_with_the_expected_keys_and_fields(traces: list[Series]) -> None:
-    expected = [
-        f"{service}/{metric}" for service in DEFAULT.services for metric in METRICS
-    ]
+    expected = [f"{service}/{metric}" for service in DEFAULT.services for metric in METRICS]
     assert [series.key for series in traces] == expected
     for series in traces:
         assert len(series) == DEFAULT.days * STEPS_PER_DAY
@@ -100,9 +98,7 @@ def test_timestamps_are_regular_and_start_on_the_configured_monday(
 
 
 def test_other_step_and_length_are_honoured() -> None:
-    config = replace(
-        DEFAULT, days=3, step_s=60, services=("orders",), incidents_per_service=1
-    )
+    config = replace(DEFAULT, days=3, step_s=60, services=("orders",), incidents_per_service=1)
     traces = generate_traces(config)
     assert len(traces) == 4
     for series in traces:
@@ -156,9 +152,7 @@ def test_values_are_finite_and_within_plausible_bounds(seed: int) -> None:
 
 
 def test_services_differ_in_level(traces: list[Series]) -> None:
-    means = [
-        series.values.mean() for series in traces if series.metric == "requests_per_s"
-    ]
+    means = [series.values.mean() for series in traces if series.metric == "requests_per_s"]
     assert max(means) > 1.5 * min(means)
 
 
@@ -180,9 +174,7 @@ def test_nights_are_quiet_and_daytime_is_busy(traces: list[Series]) -> None:
     for series in traces:
         if series.metric != "requests_per_s":
             continue
-        hours = (
-            series.timestamps - series.timestamps.astype("datetime64[D]")
-        ) // np.timedelta64(1, "h")
+        hours = (series.timestamps - series.timestamps.astype("datetime64[D]")) // np.timedelta64(1, "h")
         night = np.median(series.values[(hours >= 2) & (hours < 5)])
         lunch = np.median(series.values[(hours >= 12) & (hours < 14)])
         evening = np.median(series.values[(hours >= 19) & (hours < 21)])
@@ -196,9 +188,7 @@ def test_weekends_are_quieter_than_weekdays(seed: int) -> None:
         if series.metric != "requests_per_s":
             continue
         weekend = _weekdays(series) >= 5
-        assert series.values[weekend].mean() < 0.9 * series.values[~weekend].mean(), (
-            series.key
-        )
+        assert series.values[weekend].mean() < 0.9 * series.values[~weekend].mean(), series.key
 
 
 def test_cpu_follows_requests_and_latency_follows_cpu(traces: list[Series]) -> None:
@@ -206,14 +196,10 @@ def test_cpu_follows_requests_and_latency_follows_cpu(traces: list[Series]) -> N
     for series in traces:
         by_service.setdefault(series.category, {})[series.metric] = series.values
     for service, values in by_service.items():
-        assert (
-            np.corrcoef(values["requests_per_s"], values["cpu_percent"])[0, 1] > 0.8
-        ), service
+        assert np.corrcoef(values["requests_per_s"], values["cpu_percent"])[0, 1] > 0.8, service
         busy = values["cpu_percent"] > np.quantile(values["cpu_percent"], 0.9)
         idle = values["cpu_percent"] < np.quantile(values["cpu_percent"], 0.1)
-        assert np.median(values["latency_p95_ms"][busy]) > 1.2 * np.median(
-            values["latency_p95_ms"][idle]
-        ), service
+        assert np.median(values["latency_p95_ms"][busy]) > 1.2 * np.median(values["latency_p95_ms"][idle]), service
 
 
 def test_memory_has_gc_drops(traces: list[Series]) -> None:
@@ -230,9 +216,7 @@ def test_memory_has_gc_drops(traces: list[Series]) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("count", [1, 2, 4, 6])
-def test_windows_lie_after_probation_inside_the_series_and_apart(
-    seed: int, count: int
-) -> None:
+def test_windows_lie_after_probation_inside_the_series_and_apart(seed: int, count: int) -> None:
     config = replace(DEFAULT, seed=seed, incidents_per_service=count)
     for series in generate_traces(config):
         probation_end = series.timestamps[probation_length(len(series))]
@@ -251,9 +235,7 @@ def test_windows_follow_nab_width_and_centre_on_onsets(
     for service, incidents in _incidents_by_service(DEFAULT).items():
         for metric in METRICS:
             series = by_key[f"{service}/{metric}"]
-            onsets = [
-                incident.onset for incident in incidents if metric in incident.metrics
-            ]
+            onsets = [incident.onset for incident in incidents if metric in incident.metrics]
             assert len(series.windows) == len(onsets)
             for (start, end), onset in zip(series.windows, onsets, strict=True):
                 first, last = _index(series, start), _index(series, end)
@@ -268,9 +250,7 @@ def test_incidents_do_not_overlap_and_are_labelled_on_affected_series(
 ) -> None:
     config = replace(DEFAULT, seed=seed, incidents_per_service=4)
     for incidents in _incidents_by_service(config).values():
-        assert sorted(incident.kind for incident in incidents) == sorted(
-            AFFECTED_METRICS
-        )
+        assert sorted(incident.kind for incident in incidents) == sorted(AFFECTED_METRICS)
         for earlier, later in itertools.pairwise(incidents):
             assert earlier.end < later.onset
 
@@ -278,9 +258,7 @@ def test_incidents_do_not_overlap_and_are_labelled_on_affected_series(
 # --- incidents change the data --------------------------------------------------------------
 
 
-def _span_and_day_before(
-    values: np.ndarray, incident: Incident
-) -> tuple[np.ndarray, np.ndarray]:
+def _span_and_day_before(values: np.ndarray, incident: Incident) -> tuple[np.ndarray, np.ndarray]:
     span = slice(incident.onset, incident.end)
     before = slice(incident.onset - STEPS_PER_DAY, incident.end - STEPS_PER_DAY)
     return values[span], values[before]
@@ -293,13 +271,8 @@ def _incident_cases(kind: str) -> list[tuple[GeneratorConfig, str, Incident]]:
         config = replace(DEFAULT, seed=seed, incidents_per_service=4)
         for service, incidents in _incidents_by_service(config).items():
             for incident in incidents:
-                day_before = range(
-                    incident.onset - STEPS_PER_DAY, incident.end - STEPS_PER_DAY
-                )
-                quiet = all(
-                    other.end <= day_before.start or other.onset >= day_before.stop
-                    for other in incidents
-                )
+                day_before = range(incident.onset - STEPS_PER_DAY, incident.end - STEPS_PER_DAY)
+                quiet = all(other.end <= day_before.start or other.onset >= day_before.stop for other in incidents)
                 if incident.kind == kind and quiet:
                     cases.append((config, service, incident))
     assert cases, f"no {kind} incident with a quiet previous day"
@@ -313,26 +286,20 @@ def _values(config: GeneratorConfig, service: str, metric: str) -> np.ndarray:
 
 def test_latency_regression_raises_latency_against_the_day_before() -> None:
     for config, service, incident in _incident_cases("latency_regression"):
-        during, before = _span_and_day_before(
-            _values(config, service, "latency_p95_ms"), incident
-        )
+        during, before = _span_and_day_before(_values(config, service, "latency_p95_ms"), incident)
         assert np.median(during) > 1.5 * np.median(before), (service, incident)
 
 
 def test_cpu_runaway_drives_cpu_near_saturation() -> None:
     for config, service, incident in _incident_cases("cpu_runaway"):
-        during, before = _span_and_day_before(
-            _values(config, service, "cpu_percent"), incident
-        )
+        during, before = _span_and_day_before(_values(config, service, "cpu_percent"), incident)
         assert during[-1] > 85.0, (service, incident)
         assert during.mean() > before.mean() + 15.0, (service, incident)
 
 
 def test_traffic_drop_cuts_requests() -> None:
     for config, service, incident in _incident_cases("traffic_drop"):
-        during, before = _span_and_day_before(
-            _values(config, service, "requests_per_s"), incident
-        )
+        during, before = _span_and_day_before(_values(config, service, "requests_per_s"), incident)
         assert during.mean() < 0.4 * before.mean(), (service, incident)
 
 
@@ -349,9 +316,7 @@ def _daytime_excursions(series: Series) -> np.ndarray:
     values = series.values
     inner = slice(STEPS_PER_DAY, len(series) - STEPS_PER_DAY)
     reference = np.maximum(values[: -2 * STEPS_PER_DAY], values[2 * STEPS_PER_DAY :])
-    hours = (
-        series.timestamps - series.timestamps.astype("datetime64[D]")
-    ) // np.timedelta64(1, "h")
+    hours = (series.timestamps - series.timestamps.astype("datetime64[D]")) // np.timedelta64(1, "h")
     daytime = (hours[inner] >= 9) & (hours[inner] < 22)
     return (values[inner] > 1.4 * reference) & daytime
 
@@ -364,9 +329,7 @@ def _run_lengths(flags: np.ndarray) -> np.ndarray:
 def test_traffic_bursts_are_short_and_unlabelled() -> None:
     runs: list[int] = []
     for seed in SEEDS:
-        for series in generate_traces(
-            replace(DEFAULT, seed=seed, incidents_per_service=0)
-        ):
+        for series in generate_traces(replace(DEFAULT, seed=seed, incidents_per_service=0)):
             if series.metric == "requests_per_s":
                 runs.extend(_run_lengths(_daytime_excursions(series)).tolist())
     assert len(runs) >= 10

@@ -171,8 +171,7 @@ def test_normalisation_null_is_zero_and_perfect_is_hundred() -> None:
 
     def corpus(detect_starts: Sequence[str]) -> list[ScoredFile]:
         return [
-            _file(key, 40, rows, [rows[0][0]] if key in detect_starts and rows else [])
-            for key, rows in windows.items()
+            _file(key, 40, rows, [rows[0][0]] if key in detect_starts and rows else []) for key, rows in windows.items()
         ]
 
     # null: 2 windows missed -> raw = null = -2; perfect = 2 windows * tp = 2
