@@ -1,5 +1,5 @@
-"""The anomaly detector: a causal convolutional predictor and a level test, each turned
-into an anomaly likelihood, reported at the onset of a surprise.
+"""The anomaly detector: a causal convolutional predictor, a level test and two seasonal
+tests, each turned into an anomaly likelihood, reported at the onset of a surprise.
 
 Scoring a series is one vectorised causal pass, and the value at point ``t`` depends
 only on points ``<= t``, so the same code scores a live stream:
@@ -11,11 +11,19 @@ only on points ``<= t``, so the same code scores a live stream:
    before it; the prediction surprise is the absolute error in predicted spreads;
 3. the level surprise is the point's distance from the mean of the ``level_window``
    points before it, in their standard deviations (the windowed Gaussian test);
-4. the anomaly likelihood of each surprise is the z-score of its recent mean
-   (``short_window`` points for the prediction, the point itself for the level) of
-   ``log(1 + surprise)`` against the mean and spread of all earlier values; the larger
-   of the two z-scores, as a Gaussian tail ``-log10 P``, is squashed into [0, 1);
-5. a score only stands when it is a new high over the last ``novelty_window`` points,
+4. the seasonal tests measure the point's distance from the range of values around the
+   same phase (``season`` steps per season, give or take a tolerance) in each of the
+   last ``seasons`` seasons, in units of its own earlier typical value: the median over
+   seasons is the shape test, the minimum (the closest season) tells whether any
+   earlier season explains the point;
+5. the anomaly likelihood of each surprise is the z-score of its recent mean
+   (``short_window`` points for the prediction, ``shape_window`` for the shape, the
+   point itself otherwise) of ``log(1 + surprise)`` against the mean and spread of all
+   earlier values; the prediction and level z-scores count only as far as no earlier
+   season explains the point (their maximum is capped by the closest-season z-score),
+   and the larger of that and the shape z-score, as a Gaussian tail ``-log10 P``, is
+   squashed into [0, 1);
+6. a score only stands when it is a new high over the last ``novelty_window`` points,
    so a long anomaly is reported once at its onset instead of at every point.
 """
 
@@ -40,7 +48,7 @@ class DetectorConfig:
     standardise_span: int = 288
     short_window: int = 3
     level_window: int = 576
-    novelty_window: int = 288
+    novelty_window: int = 216
     season: int = 288  # steps per season: one day at 5-minute steps
     seasons: int = 5  # earlier seasons compared with
     shape_window: int = 6
@@ -96,8 +104,11 @@ def level_surprise(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def phase_distances(values: np.ndarray, season: int, seasons: int, tolerance: int) -> pd.DataFrame:
-    """Column ``k - 1``: distance of each point from the range of the ``2 * tolerance + 1``
-    points around the same phase ``k`` seasons earlier (NaN before that season exists)."""
+    """One column per earlier season ``k = 1..seasons``: the distance of each point from the
+    range of the ``2 * tolerance + 1`` points around the same phase ``k`` seasons earlier
+    (NaN before that season exists)."""
+    if tolerance >= season:
+        raise ValueError("the phase tolerance must be shorter than a season")
     frame = pd.Series(np.asarray(values, dtype=np.float64))
     around = frame.rolling(2 * tolerance + 1, min_periods=1)
     high, low = around.max(), around.min()
@@ -121,6 +132,21 @@ def likelihood_z(surprise: np.ndarray, short: int) -> np.ndarray:
     history = frame.shift(short).expanding(min_periods=short)
     z = (recent - history.mean()) / history.std().clip(lower=1e-3)
     return z.fillna(0.0).to_numpy()
+
+
+def shape_z(values: np.ndarray, config: DetectorConfig) -> np.ndarray:
+    """Likelihood z of the recent distance from the typical earlier seasons (the median
+    over seasons), for changes of the seasonal shape."""
+    distances = phase_distances(values, config.season, config.seasons, config.shape_tolerance)
+    return likelihood_z(relative_to_past(distances.median(axis=1), config.season), config.shape_window)
+
+
+def unseen_z(values: np.ndarray, config: DetectorConfig) -> np.ndarray:
+    """Likelihood z of the distance from the closest earlier season (the minimum over
+    seasons); infinite while no season is in the past, as nothing explains the point."""
+    distance = phase_distances(values, config.season, config.seasons, config.phase_tolerance).min(axis=1)
+    z = likelihood_z(relative_to_past(distance, config.season), 1)
+    return np.where(distance.isna(), np.inf, z)
 
 
 def tail_score(z: np.ndarray, scale: float) -> np.ndarray:
@@ -154,7 +180,8 @@ class Detector:
         config = self.config
         prediction = likelihood_z(self.surprise(values), config.short_window)
         level = likelihood_z(level_surprise(values, config.level_window), 1)
-        score = tail_score(np.maximum(prediction, level), config.tail_scale)
+        local = np.minimum(np.maximum(prediction, level), unseen_z(values, config))
+        score = tail_score(np.maximum(local, shape_z(values, config)), config.tail_scale)
         return keep_new_highs(score, config.novelty_window)
 
     def with_threshold(self, threshold: float) -> Detector:

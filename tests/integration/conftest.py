@@ -205,3 +205,21 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             _stop(server)
     finally:
         _stop(exporter)
+
+
+@pytest.fixture(scope="session")
+def champion_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real MLflow store (sqlite) with small trained champion models; its tracking URI."""
+    from support.registry import register_champions
+
+    return register_champions(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="session")
+def model_server_url(champion_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``bentoml serve`` as a real process on the champion registry; its base URL."""
+    from support.model_server import model_server
+
+    log = tmp_path_factory.mktemp("model-server") / "serve.log"
+    with model_server(champion_registry, log, reload_token="test-token", reload_interval_s="1") as base:
+        yield base

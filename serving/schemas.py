@@ -1,0 +1,96 @@
+"""Request and response bodies of the model server.
+
+Limits that depend on the loaded model (the forecaster's context and horizon) are
+checked by validators that read :data:`LIMITS`, which the server updates whenever
+it loads a model; a bad series is refused with 422 before it can join a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+@dataclass
+class Limits:
+    context: int = 1
+    horizon: int = 1
+    max_points: int = 50_000
+
+
+LIMITS = Limits()
+
+
+class _Series(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field("", max_length=512, description="caller's name for the series, echoed back")
+    values: list[FiniteFloat] = Field(min_length=1, description="finite numbers, oldest first")
+    timestamps: list[datetime] | None = Field(None, description="one per value; or give start and step_s")
+    start: datetime | None = Field(None, description="time of the first value")
+    step_s: float | None = Field(None, gt=0, description="seconds between values")
+
+    @model_validator(mode="after")
+    def _check_time(self) -> _Series:
+        if len(self.values) > LIMITS.max_points:
+            raise ValueError(f"values: at most {LIMITS.max_points} points per series, got {len(self.values)}")
+        if self.timestamps is not None:
+            if len(self.timestamps) != len(self.values):
+                raise ValueError(f"timestamps: {len(self.timestamps)} given for {len(self.values)} values")
+            if any(b <= a for a, b in zip(self.timestamps, self.timestamps[1:], strict=False)):
+                raise ValueError("timestamps: must strictly increase")
+        elif (self.start is None) != (self.step_s is None):
+            raise ValueError("start and step_s: give both, or timestamps, or neither")
+        return self
+
+    def step(self) -> timedelta | None:
+        if self.timestamps is not None and len(self.timestamps) > 1:
+            return (self.timestamps[-1] - self.timestamps[0]) / (len(self.timestamps) - 1)
+        return timedelta(seconds=self.step_s) if self.step_s else None
+
+    def last_time(self) -> datetime | None:
+        if self.timestamps is not None:
+            return self.timestamps[-1]
+        if self.start is not None and self.step_s:
+            return self.start + timedelta(seconds=self.step_s * (len(self.values) - 1))
+        return None
+
+
+class ForecastSeries(_Series):
+    horizon: int | None = Field(None, ge=1, description="steps to forecast; default and maximum: the model's horizon")
+
+    @model_validator(mode="after")
+    def _check_model_limits(self) -> ForecastSeries:
+        if len(self.values) < LIMITS.context:
+            raise ValueError(f"values: the model needs at least {LIMITS.context} points, got {len(self.values)}")
+        if self.horizon is not None and self.horizon > LIMITS.horizon:
+            raise ValueError(f"horizon: at most {LIMITS.horizon} steps, got {self.horizon}")
+        return self
+
+
+class DetectSeries(_Series):
+    pass
+
+
+class ForecastResult(BaseModel):
+    id: str
+    timestamps: list[datetime] | None
+    p10: list[float]
+    p50: list[float]
+    p90: list[float]
+    model: str
+    version: str
+
+
+class DetectResult(BaseModel):
+    id: str
+    scores: list[float]
+    anomalies: list[int] = Field(description="indices whose score is at or over the threshold")
+    threshold: float
+    model: str
+    version: str
