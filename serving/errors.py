@@ -14,6 +14,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "validation_error",
     503: "unavailable",
 }

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -21,9 +21,17 @@ class Limits:
     context: int = 1
     horizon: int = 1
     max_points: int = 50_000
+    max_series: int = 1024
 
 
 LIMITS = Limits()
+
+
+def _at_most_max_series(series: Any) -> Any:
+    """Refuses an over-long ``series`` list before its items are validated."""
+    if isinstance(series, list) and len(series) > LIMITS.max_series:
+        raise ValueError(f"at most {LIMITS.max_series} series per request, got {len(series)}")
+    return series
 
 
 class _Series(BaseModel):
@@ -75,6 +83,11 @@ class ForecastSeries(_Series):
 
 class DetectSeries(_Series):
     pass
+
+
+# The request bodies' ``series``: at least one, at most ``max_series``.
+ForecastBatch = Annotated[list[ForecastSeries], BeforeValidator(_at_most_max_series), Field(min_length=1)]
+DetectBatch = Annotated[list[DetectSeries], BeforeValidator(_at_most_max_series), Field(min_length=1)]
 
 
 class ForecastResult(BaseModel):

@@ -21,7 +21,14 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.champions import Champions, Loaded
 from serving.errors import HttpConventions, error_body
-from serving.schemas import LIMITS, DetectResult, DetectSeries, ForecastResult, ForecastSeries
+from serving.schemas import (
+    LIMITS,
+    DetectBatch,
+    DetectResult,
+    ForecastBatch,
+    ForecastResult,
+    ForecastSeries,
+)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("tmsops.serving")
@@ -35,6 +42,7 @@ class ModelServer:
     def __init__(self) -> None:
         self.settings = ServingSettings()
         LIMITS.max_points = self.settings.max_points
+        LIMITS.max_series = self.settings.max_series
         self.champions = Champions(self.settings)
         try:
             self.champions.refresh()
@@ -56,8 +64,8 @@ class ModelServer:
     def _stop_polling(self) -> None:
         self.champions.stop()
 
-    @bentoml.api(**BATCH)  # type: ignore[misc]
-    def forecast(self, series: list[ForecastSeries]) -> list[ForecastResult]:
+    @bentoml.api(**BATCH)
+    def forecast(self, series: ForecastBatch) -> list[ForecastResult]:
         """p10/p50/p90 for the next steps of every series (one model call per batch)."""
         loaded = _required(self.champions.forecaster, "forecaster")
         model = loaded.model
@@ -67,8 +75,8 @@ class ModelServer:
         quantiles = model.forecast(contexts, origins)
         return [_forecast_result(item, quantiles[index], loaded) for index, item in enumerate(series)]
 
-    @bentoml.api(**BATCH)  # type: ignore[misc]
-    def detect(self, series: list[DetectSeries]) -> list[DetectResult]:
+    @bentoml.api(**BATCH)
+    def detect(self, series: DetectBatch) -> list[DetectResult]:
         """Anomaly score of every point (causal), and the points at or over the threshold."""
         loaded = _required(self.champions.detector, "detector")
         threshold = float(loaded.model.threshold)
@@ -117,7 +125,9 @@ class ModelServer:
         return JSONResponse({"loaded": versions})
 
 
-ModelServer.add_asgi_middleware(HttpConventions, max_body_bytes=ServingSettings().max_body_bytes)
+ModelServer.add_asgi_middleware(  # type: ignore[attr-defined]
+    HttpConventions, max_body_bytes=ServingSettings().max_body_bytes
+)
 
 
 def _required(loaded: Loaded | None, kind: str) -> Loaded:

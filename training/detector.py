@@ -48,7 +48,7 @@ class DetectorConfig:
     standardise_span: int = 288
     short_window: int = 3
     level_window: int = 576
-    novelty_window: int = 216
+    novelty_window: int = 288
     season: int = 288  # steps per season: one day at 5-minute steps
     seasons: int = 5  # earlier seasons compared with
     shape_window: int = 6
