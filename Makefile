@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run train summary mlflow-ui test lint typecheck imports unit integration clean
+.PHONY: help install run train summary serve mlflow-ui test lint typecheck imports unit integration bench clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,13 +24,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install tmsops with its dependencies (idempotent)
 
-run: install train summary ## install, run the pipeline (dvc repro), print the registered models
+run: install train summary serve ## install, train (dvc repro), print the registered models, start the model server
 
 train: install ## run the retraining pipeline; stages whose inputs did not change are skipped
 	$(BIN)/dvc repro
 
 summary: install ## print the registered models and where to open the MLflow UI
 	@$(PY) -m training.summary
+
+serve: install ## start the model server (BentoML) on http://127.0.0.1:3000; Ctrl-C stops it
+	$(PY) -m serving
 
 mlflow-ui: install ## start the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
@@ -52,6 +55,9 @@ unit: install ## unit tests only
 
 integration: install ## integration tests only (real Prometheus, processes)
 	$(BIN)/pytest -q tests/integration
+
+bench: install ## the serving benchmark (needs a champion: make train)
+	$(PY) bench/serving.py
 
 clean: ## remove generated data, models, metrics and the MLflow store (keeps .venv)
 	rm -rf data models metrics plots mlruns .dvc/cache .dvc/tmp dvc.lock

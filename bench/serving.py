@@ -9,13 +9,15 @@ Usage (from the repository root, after ``make run`` has registered the champion 
 Both servers are started as real processes on the same champion forecaster
 (``models:/load-forecaster@champion``), each with one worker, and are driven one at a
 time over real HTTP (``httpx.AsyncClient``, keep-alive) at concurrency 1, 8 and 32 with
-1-series and 64-series requests. Each series carries the last ``context`` points of a
-generated service trace. Every response must be a 200 of the right shape (otherwise it
-counts as an error). Prints one JSON object: per server and cell p50/p99 latency,
-requests/s, series/s, errors and the CPU seconds the client and the server used; a
-``summary`` with the issue's goals; the machine and the model version. Both servers are
-stopped at the end, also on Ctrl-C or an error (each runs in its own process group).
-Server logs are kept in the directory printed under ``logs``.
+1-series and 64-series requests, then once more with 1-series requests at concurrency 1
+(``c1_series1_after_load``: adaptive batching remembers the load it has seen). Each
+series carries the last ``context`` points of a generated service trace. Every response
+must be a 200 of the right shape (otherwise it counts as an error). Prints one JSON
+object: per server and cell p50/p99 latency, requests/s, series/s, errors and the CPU
+seconds the client and the server used; a ``summary`` with the issue's goals; the
+machine and the model version. Both servers are stopped at the end, also on Ctrl-C or
+an error (each runs in its own process group). Exit status 2: no champion model, or a
+server that did not start. Server logs are kept in the directory printed under ``logs``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,7 @@ def champion(tracking_uri: str) -> ModelSpec:
     """The champion forecaster's version, context and horizon; BenchError if there is none."""
     import mlflow
 
+    _require_store(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
         version = str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
@@ -148,6 +151,13 @@ def champion(tracking_uri: str) -> ModelSpec:
         ) from error
     config = json.loads(Path(_config_file(tracking_uri, version)).read_text())
     return ModelSpec(MODEL_NAME, version, int(config["context"]), int(config["horizon"]))
+
+
+def _require_store(tracking_uri: str) -> None:
+    """A missing SQLite file is an error here, not a new empty store (which MLflow would create)."""
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if tracking_uri.startswith("sqlite:///") and not path.is_file():
+        raise BenchError(f"no MLflow store at {path}; run `make run` first, or pass --tracking-uri")
 
 
 def _config_file(tracking_uri: str, version: str) -> str:
@@ -265,18 +275,24 @@ async def send(
 
 
 async def drive(
-    client: httpx.AsyncClient,
+    clients: Sequence[httpx.AsyncClient],
     target: Target,
     bodies: Sequence[tuple[bytes, list[Window]]],
     spec: ModelSpec,
     concurrency: int,
     duration_s: float,
 ) -> Tally:
-    """``concurrency`` clients send requests back to back until ``duration_s`` has passed."""
+    """``concurrency`` users, each with its own keep-alive client, send requests back to back for ``duration_s``.
+
+    One ``httpx.AsyncClient`` per user, not one shared: a shared client's connection pool costs
+    about three times the client CPU per request at concurrency 32 (encode/httpx#3215), and on
+    two cores the client's CPU is taken from the server under test.
+    """
     tally = Tally()
     deadline = time.perf_counter() + duration_s
 
     async def one_client(turn: int) -> None:
+        client = clients[turn]
         while time.perf_counter() < deadline:
             body, batch = bodies[turn % len(bodies)]
             turn += concurrency
@@ -292,16 +308,16 @@ async def drive(
 
 
 async def measure_cell(
-    client: httpx.AsyncClient,
+    clients: Sequence[httpx.AsyncClient],
     target: Target,
     bodies: list[tuple[bytes, list[Window]]],
     spec: ModelSpec,
     concurrency: int,
     options: Options,
 ) -> dict[str, Any]:
-    await drive(client, target, bodies, spec, concurrency, options.warmup_s)
+    await drive(clients, target, bodies, spec, concurrency, options.warmup_s)
     server_cpu, client_cpu, started = cpu_seconds(target.pid), time.process_time(), time.perf_counter()
-    tally = await drive(client, target, bodies, spec, concurrency, options.duration_s)
+    tally = await drive(clients, target, bodies, spec, concurrency, options.duration_s)
     wall = time.perf_counter() - started
     cell = cell_stats(tally, wall, len(bodies[0][1]))
     cell["client_cpu_s"] = round(time.process_time() - client_cpu, 2)
@@ -336,22 +352,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def run_cells(targets: Sequence[Target], spec: ModelSpec, options: Options) -> dict[str, dict[str, Any]]:
-    """Every (size, concurrency) cell on every server; the servers take turns, one at a time."""
+def cell_plan(options: Options) -> list[tuple[str, int, int]]:
+    """(name, series per request, concurrency) in run order; the 1-series c1 cell again at the end, after load."""
+    plan = [(f"c{c}_series{n}", n, c) for n in options.sizes for c in options.concurrencies]
+    return [*plan, ("c1_series1_after_load", 1, 1)]
+
+
+async def run_cells(targets: Sequence[Target], spec: ModelSpec, options: Options) -> dict[str, Any]:
+    """The agreement check, then every cell on every server; the servers take turns (who goes first alternates)."""
     pool = windows(spec.context, BODIES_PER_CELL * max(options.sizes))
     results: dict[str, dict[str, Any]] = {target.name: {} for target in targets}
-    limits = httpx.Limits(
-        max_connections=max(options.concurrencies), max_keepalive_connections=max(options.concurrencies)
-    )
-    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
-        results["agreement"] = await agreement(client, targets, pool[:64], spec)
-        for turn, (size, concurrency) in enumerate((s, c) for s in options.sizes for c in options.concurrencies):
-            for target in [*targets[turn % 2 :], *targets[: turn % 2]]:  # alternate who goes first
+    async with AsyncExitStack() as stack:
+        users = max(options.concurrencies)
+        clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=120.0)) for _ in range(users)]
+        checked = await agreement(clients[0], targets, pool[:64], spec)
+        for turn, (name, size, concurrency) in enumerate(cell_plan(options)):
+            for target in [*targets[turn % 2 :], *targets[: turn % 2]]:
                 bodies = request_bodies(target, pool, size, spec)
-                cell = await measure_cell(client, target, bodies, spec, concurrency, options)
-                progress(f"{target.name} c{concurrency}_series{size}: {cell}")
-                results[target.name][f"c{concurrency}_series{size}"] = cell
-    return results
+                cell = await measure_cell(clients, target, bodies, spec, concurrency, options)
+                progress(f"{target.name} {name}: {cell}")
+                results[target.name][name] = cell
+    return {"agreement": checked, "servers": results}
 
 
 async def agreement(
@@ -455,6 +476,7 @@ def summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     speedup = round(rate / peer_rate, 2) if peer_rate else None
     return {
         "forecast_p99_ms_c1": p99,
+        "forecast_p99_ms_c1_after_load": ours["c1_series1_after_load"]["p99_ms"],
         "series_per_s_c32": rate,
         "mlflow_series_per_s_c32": peer_rate,
         "speedup_c32": speedup,
@@ -472,10 +494,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(options: Options) -> dict[str, Any]:
-    report: dict[str, Any] = {"bench": "serving", "machine": machine()}
-    spec = champion(options.tracking_uri)
-    report["model"] = {
+def model_section(spec: ModelSpec, options: Options) -> dict[str, Any]:
+    return {
         "name": spec.name,
         "version": spec.version,
         "alias": ALIAS,
@@ -483,7 +503,10 @@ def run(options: Options) -> dict[str, Any]:
         "horizon": spec.horizon,
         "tracking_uri": options.tracking_uri,
     }
-    report["settings"] = {
+
+
+def settings_section(spec: ModelSpec, options: Options) -> dict[str, Any]:
+    return {
         "duration_s": options.duration_s,
         "warmup_s": options.warmup_s,
         "concurrency": list(options.concurrencies),
@@ -491,18 +514,25 @@ def run(options: Options) -> dict[str, Any]:
         "points_per_series": spec.context,
         "workers_per_server": 1,
     }
+
+
+def measure(spec: ModelSpec, options: Options) -> dict[str, Any]:
+    """Starts both servers, checks they serve the expected version, runs every cell, stops them."""
     progress(f"starting both servers on {spec.name} version {spec.version}; logs in {options.log_dir}")
     with servers(options) as targets:
         progress("both servers are ready")
         if (version := served_version(targets[0])) != spec.version or champion(options.tracking_uri) != spec:
-            raise BenchError(
-                f"the champion moved during start-up (bentoml serves {version}, expected "
-                f"{spec.version}); run the bench again"
-            )
-        results = asyncio.run(run_cells(targets, spec, options))
-    report["agreement"] = results.pop("agreement")
-    report["servers"] = results
-    report["summary"] = summary(results)
+            raise BenchError(f"the champion moved during start-up (bentoml serves {version}, not {spec.version})")
+        return asyncio.run(run_cells(targets, spec, options))
+
+
+def run(options: Options) -> dict[str, Any]:
+    report: dict[str, Any] = {"bench": "serving", "machine": machine()}
+    spec = champion(options.tracking_uri)
+    report["model"] = model_section(spec, options)
+    report["settings"] = settings_section(spec, options)
+    report.update(measure(spec, options))
+    report["summary"] = summary(report["servers"])
     report["machine"]["load_avg_end"] = [round(value, 2) for value in os.getloadavg()]
     report["logs"] = str(options.log_dir)
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +27,9 @@ class Loaded:
 
 
 class Champions:
-    def __init__(self, settings: ServingSettings) -> None:
+    def __init__(self, settings: ServingSettings, on_change: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
+        self.on_change = on_change
         self.forecaster: Loaded | None = None
         self.detector: Loaded | None = None
         self.last_error: str | None = None
@@ -46,6 +48,7 @@ class Champions:
                 self.forecaster = self._refreshed(self.settings.forecaster_name, self.forecaster, "forecast.")
                 self.detector = self._refreshed(self.settings.detector_name, self.detector, "anomaly.")
                 self.last_error = None
+                self.on_change()
             except Exception as error:  # the registry or an artifact is unreachable: keep serving
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("could not refresh the champion models: %s", self.last_error)

@@ -13,6 +13,7 @@ STATUS_CODES = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -66,15 +67,15 @@ class BodyTooLarge(Exception):
     """A streamed body went over the limit (no or a false Content-Length)."""
 
 
-async def _respond(send: Send, status: int, message: str, details: Any = None) -> None:
+async def _respond(send: Send, status: int, message: str, details: Any = None, kept: list[Any] | None = None) -> None:
     body = error_body(status, message, details)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(kept or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class _ErrorRewriter:
-    """Buffers a 4xx/5xx JSON response from BentoML and sends it in the project's format."""
+    """Buffers a 4xx/5xx response and sends it in the project's format, keeping its other headers."""
 
     def __init__(self, send: Send, max_body_bytes: int) -> None:
         self.send = send
@@ -88,7 +89,7 @@ class _ErrorRewriter:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            if message["status"] >= 400 and _is_json(message):
+            if message["status"] >= 400:
                 self.start = message
                 return
             await self.send(message)
@@ -101,12 +102,12 @@ class _ErrorRewriter:
             status, text, details = _translate(self.start["status"], b"".join(self.chunks))
             if self.too_large:
                 status, text, details = 413, self.too_large_message(), None
-            await _respond(self.send, status, text, details)
-
-
-def _is_json(message: Message) -> bool:
-    headers = dict(message.get("headers") or [])
-    return headers.get(b"content-type", b"").startswith(b"application/json")
+            kept = [
+                (k, v)
+                for k, v in self.start.get("headers", [])
+                if k.lower() not in (b"content-type", b"content-length")
+            ]
+            await _respond(self.send, status, text, details, kept)
 
 
 def _translate(status: int, body: bytes) -> tuple[int, str, Any]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # numbers only: no "1.5", no true
 
 
 @dataclass
@@ -58,7 +58,8 @@ class _Series(BaseModel):
 
     def step(self) -> timedelta | None:
         if self.timestamps is not None and len(self.timestamps) > 1:
-            return (self.timestamps[-1] - self.timestamps[0]) / (len(self.timestamps) - 1)
+            steps = sorted(b - a for a, b in zip(self.timestamps, self.timestamps[1:], strict=False))
+            return steps[len(steps) // 2]  # the median step, as the model itself uses
         return timedelta(seconds=self.step_s) if self.step_s else None
 
     def last_time(self) -> datetime | None:

@@ -43,7 +43,7 @@ class ModelServer:
         self.settings = ServingSettings()
         LIMITS.max_points = self.settings.max_points
         LIMITS.max_series = self.settings.max_series
-        self.champions = Champions(self.settings)
+        self.champions = Champions(self.settings, on_change=self._apply_limits)
         try:
             self.champions.refresh()
         except Exception:  # not ready yet; /readyz says so and the poller keeps trying
@@ -52,7 +52,6 @@ class ModelServer:
         self.champions.start_polling()
 
     def __is_ready__(self) -> bool:
-        self._apply_limits()
         return self.champions.ready
 
     def _apply_limits(self) -> None:
@@ -114,9 +113,11 @@ class ModelServer:
         token = self.settings.reload_token
         if token is None:
             return _error(403, "reload is disabled: set TMSOPS_SERVING_RELOAD_TOKEN on the server")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            return _error(401, "a valid bearer token is required")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        ):
+            return _error(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         try:
             versions = self.champions.refresh()
         except Exception as error:
@@ -159,6 +160,8 @@ def _forecast_result(item: ForecastSeries, quantiles: np.ndarray, loaded: Loaded
     )
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+def _error(
+    status: int, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after else {})}
     return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")

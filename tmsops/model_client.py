@@ -310,8 +310,8 @@ class ModelClient:
     def _circuit_open(self) -> CircuitOpenError:
         wait = self._breaker.wait_s()
         message = (
-            f"the model server at {self.base_url} failed {self._breaker.threshold} calls in a row; "
-            f"calls are refused for {wait:.1f} s more (circuit breaker open); retrying later may help"
+            f"the model server at {self.base_url} is down or not ready: its last calls failed, so the "
+            f"circuit breaker refuses calls for {wait:.1f} s more; retrying later may help"
         )
         return CircuitOpenError(message, retry_after=max(wait, 0.1), details={"url": self.base_url})
 

@@ -49,6 +49,7 @@ class DetectorConfig:
     short_window: int = 3
     level_window: int = 576
     novelty_window: int = 288
+    min_history: int = 32
     season: int = 288  # steps per season: one day at 5-minute steps
     seasons: int = 5  # earlier seasons compared with
     shape_window: int = 6
@@ -182,6 +183,7 @@ class Detector:
         level = likelihood_z(level_surprise(values, config.level_window), 1)
         local = np.minimum(np.maximum(prediction, level), unseen_z(values, config))
         score = tail_score(np.maximum(local, shape_z(values, config)), config.tail_scale)
+        score[: config.min_history] = 0.0  # too little past to judge; must not mask what follows
         return keep_new_highs(score, config.novelty_window)
 
     def with_threshold(self, threshold: float) -> Detector:

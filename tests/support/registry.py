@@ -48,6 +48,8 @@ def register_champions(root: Path, *, seed: int = 0, epochs: int = 2) -> str:
     detector.save(root / f"detector-{seed}")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name("serving-tests") is None:
+        mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
     mlflow.set_experiment("serving-tests")
     client = mlflow.MlflowClient(tracking_uri=uri)
     with mlflow.start_run() as run:

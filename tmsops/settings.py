@@ -1,0 +1,342 @@
+"""Typed settings of every deployable, read from ``tmsops.yaml`` with environment overrides.
+
+Layers, lowest first: defaults, the YAML file, the environment. YAML keys are camelCase
+(``scaling.cpuThresholds.scaleUp``); the snake_case field names are accepted too. An
+environment variable is ``TMSOPS_`` plus the field path in capitals joined by ``__``:
+``TMSOPS_SCALING__MIN_REPLICAS=2``, ``TMSOPS_SCALING__CPU_THRESHOLDS__SCALE_UP=80``,
+``TMSOPS_MODE=production``.
+
+One ``tmsops.yaml`` serves every deployable: each settings class takes the core keys and
+its own section (``scaling``, ``optimization`` or ``safety``); the other sections are
+still validated, so a typo anywhere in the file is reported by every service.
+
+Outside ``mode: dev`` the settings refuse insecure defaults: no admin token, a default
+admin token, or debug on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tmsops.errors import PermanentError
+
+ENV_PREFIX = "TMSOPS_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV = "TMSOPS_CONFIG"
+DEFAULT_CONFIG = Path("tmsops.yaml")
+DEFAULT_ADMIN_TOKENS = frozenset({"changethis", "changeme", "admin", "secret", "token"})
+MIN_ADMIN_TOKEN_LENGTH = 32
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+SettingsT = TypeVar("SettingsT", bound="CoreSettings")
+
+
+class SettingsError(PermanentError):
+    """A settings file or environment variable that cannot be used; the message names it."""
+
+
+def parse_duration(value: object) -> object:
+    """``"30m"``, ``"1h30m"``, ``"45s"``, ``"250ms"`` or a number of seconds, as a timedelta.
+
+    Anything else is passed on unchanged for pydantic to parse (ISO 8601, ``HH:MM:SS``).
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        parsed = _parse_compound_duration(value)
+        return value if parsed is None else parsed
+    return value
+
+
+def _parse_compound_duration(text: str) -> timedelta | None:
+    compact = text.replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(number + unit for number, unit in parts) != compact:
+        return None
+    return timedelta(seconds=sum(float(number) * _DURATION_UNITS_S[unit] for number, unit in parts))
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    """A group of settings: camelCase keys in YAML, snake_case in code and the environment."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class Thresholds(Section):
+    """Utilisation (percent) above which to scale up and below which to scale down."""
+
+    scale_up: Percent = 70
+    scale_down: Percent = 30
+
+    @model_validator(mode="after")
+    def _down_below_up(self) -> Self:
+        if self.scale_down >= self.scale_up:
+            raise ValueError(f"scaleDown ({self.scale_down}) must be below scaleUp ({self.scale_up})")
+        return self
+
+
+class MemoryThresholds(Thresholds):
+    scale_up: Percent = 80
+    scale_down: Percent = 40
+
+
+class ScalingSettings(Section):
+    """The autoscaler's policy."""
+
+    cpu_thresholds: Thresholds = Thresholds()
+    memory_thresholds: MemoryThresholds = MemoryThresholds()
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(10, ge=1)
+    prediction_weight: float = Field(0.3, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        return self
+
+
+class DatabaseOptimization(Section):
+    auto_indexing: bool = True
+
+
+class CacheOptimization(Section):
+    strategy: Literal["lru", "lfu", "ttl", "adaptive"] = "adaptive"
+    ttl: Duration = timedelta(hours=1)
+
+
+class ResourceOptimization(Section):
+    safe_mode: bool = True
+
+
+class OptimizationSettings(Section):
+    """The optimizer's policy."""
+
+    database: DatabaseOptimization = DatabaseOptimization()
+    cache: CacheOptimization = CacheOptimization()
+    resources: ResourceOptimization = ResourceOptimization()
+
+
+class SafetySettings(Section):
+    """The chaos service's guard rails; ``emergency_stop`` enables the stop-everything switch."""
+
+    max_experiment_duration: Duration = timedelta(minutes=30)
+    blast_radius_limit: Percent = 25
+    auto_rollback: bool = True
+    emergency_stop: bool = True
+
+
+class ServicePorts(Section):
+    """The port each service listens on (on ``host``)."""
+
+    autoscaler: Port = 8011
+    optimizer: Port = 8012
+    chaos: Port = 8013
+
+
+class CoreSettings(BaseSettings):
+    """Settings every deployable shares. Keyword arguments are the file layer: the environment overrides them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    mode: Literal["dev", "production"] = "dev"
+    debug: bool = False
+    state_dir: Path = Path("state")
+    database_url: str | None = None
+    model_server_url: str = "http://127.0.0.1:3000"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    admin_token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    ports: ServicePorts = ServicePorts()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+    @property
+    def state_database_url(self) -> str:
+        """Where state (tokens, audit, experiments...) lives: ``database_url`` or SQLite in ``state_dir``."""
+        return self.database_url or f"sqlite:///{self.state_dir / 'tmsops.db'}"
+
+    @model_validator(mode="after")
+    def _refuse_insecure_defaults(self) -> Self:
+        problems = insecure_defaults(self) if self.mode != "dev" else []
+        if problems:
+            raise ValueError(f"mode is {self.mode}: " + "; ".join(problems))
+        return self
+
+
+def insecure_defaults(settings: CoreSettings) -> list[str]:
+    """What would make these settings unsafe outside dev mode, each naming its setting."""
+    problems = []
+    if settings.debug:
+        problems.append("debug (TMSOPS_DEBUG) must be off")
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if not token:
+        problems.append("admin_token (TMSOPS_ADMIN_TOKEN) must be set; no token is generated outside dev mode")
+    elif token.lower() in DEFAULT_ADMIN_TOKENS or len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        problems.append(f"admin_token (TMSOPS_ADMIN_TOKEN) is a default or shorter than {MIN_ADMIN_TOKEN_LENGTH}")
+    return problems
+
+
+class AutoscalerSettings(CoreSettings):
+    scaling: ScalingSettings = ScalingSettings()
+
+    @property
+    def port(self) -> int:
+        return self.ports.autoscaler
+
+
+class OptimizerSettings(CoreSettings):
+    optimization: OptimizationSettings = OptimizationSettings()
+
+    @property
+    def port(self) -> int:
+        return self.ports.optimizer
+
+
+class ChaosSettings(CoreSettings):
+    safety: SafetySettings = SafetySettings()
+
+    @property
+    def port(self) -> int:
+        return self.ports.chaos
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "scaling": ScalingSettings,
+    "optimization": OptimizationSettings,
+    "safety": SafetySettings,
+}
+
+
+def load_settings(cls: type[SettingsT], path: Path | None = None) -> SettingsT:
+    """Settings of one deployable from ``path`` (or ``$TMSOPS_CONFIG``, or ``./tmsops.yaml`` if present) and the env.
+
+    Raises SettingsError naming the file and the key for an unknown key or a bad value.
+    """
+    source = path or config_path()
+    data = read_yaml(source) if source else {}
+    origin = str(source) if source else "environment"
+    own = _validate_foreign_sections(cls, data, origin)
+    try:
+        return cls(**_to_field_names(cls, own))
+    except ValidationError as error:
+        raise SettingsError(_describe(error, origin), details={"errors": _field_errors(error)}) from error
+
+
+def config_path() -> Path | None:
+    """``$TMSOPS_CONFIG`` if set (it must exist), else ``./tmsops.yaml`` if it exists, else none."""
+    configured = os.environ.get(CONFIG_ENV)
+    if configured:
+        return Path(configured)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read the settings file: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path}: not valid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: the settings file must be a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def _validate_foreign_sections(cls: type[CoreSettings], data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Check the sections that belong to other deployables, and leave them out."""
+    own = {}
+    for key, value in data.items():
+        section = SECTIONS.get(key)
+        if section is None or key in cls.model_fields:
+            own[key] = value
+            continue
+        try:
+            section.model_validate(value)
+        except ValidationError as error:
+            raise SettingsError(_describe(error, origin, prefix=(key,))) from error
+    return own
+
+
+def _to_field_names(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Rename camelCase keys to field names, recursively; unknown keys stay for validation to report."""
+    renamed = {}
+    for key, value in data.items():
+        name = _field_name(model, key)
+        nested = _section_type(model, name)
+        renamed[name] = _to_field_names(nested, value) if nested and isinstance(value, dict) else value
+    return renamed
+
+
+def _field_name(model: type[BaseModel], key: str) -> str:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias, to_camel(name)):
+            return name
+    return key
+
+
+def _section_type(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    field = model.model_fields.get(name)
+    annotation = field.annotation if field else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _describe(error: ValidationError, origin: str, prefix: tuple[str, ...] = ()) -> str:
+    first = error.errors()[0]
+    parts = prefix + tuple(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        key = ".".join(filter(None, (_yaml_path(parts[:-1]), parts[-1])))
+        return f"{origin}: {key}: unknown setting"
+    location = _yaml_path(parts)
+    where = f"{location} ({env_name(location)})" if location else "settings"
+    return f"{origin}: {where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _field_errors(error: ValidationError) -> list[dict[str, object]]:
+    return [
+        {"field": _yaml_path(tuple(str(part) for part in item["loc"])), "message": item["msg"]}
+        for item in error.errors()
+    ]
+
+
+def _yaml_path(location: tuple[str, ...]) -> str:
+    return ".".join(to_camel(part) if "_" in part else part for part in location)
+
+
+def env_name(yaml_path: str) -> str:
+    """The variable that overrides a setting: ``scaling.minReplicas`` -> ``TMSOPS_SCALING__MIN_REPLICAS``."""
+    parts = (re.sub(r"(?<!^)(?=[A-Z])", "_", part).upper() for part in yaml_path.split("."))
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(parts)
