@@ -2,8 +2,8 @@
 
 Usage (from the repository root, after ``make run`` has registered the champion models)::
 
-    .venv/bin/python bench/serving.py                 # full run, about 3 minutes on 2 cores
-    .venv/bin/python bench/serving.py --quick         # smoke run, under a minute
+    .venv/bin/python bench/serving.py                 # full run, about 3.5 minutes on 2 cores
+    .venv/bin/python bench/serving.py --quick         # smoke run (2 s cells), about 2 minutes
     .venv/bin/python bench/serving.py --tracking-uri sqlite:////path/to/mlflow.db --duration 5
 
 Both servers are started as real processes on the same champion forecaster
@@ -554,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         print(f"bench/serving.py: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench/serving.py: interrupted; both servers were stopped", file=sys.stderr)
+        return 130
     print(json.dumps(report, indent=2))
     return 0
 
