@@ -28,7 +28,9 @@ def main() -> None:
     port = os.environ.get("TMSOPS_SERVING_PORT", "3000")
     host = os.environ.get("TMSOPS_SERVING_HOST", "127.0.0.1")
     os.environ["TMSOPS_SERVING_RELOAD_TOKEN"] = reload_token()
-    print(f"\nModel server: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs, readiness: /readyz)")
+    print(
+        f"\nModel server: http://{host}:{port}  (API docs: http://{host}:{port}/, OpenAPI: /docs.json, readiness: /readyz)"
+    )
     print(
         f"POST /reload token: in {TOKEN_FILE} (or TMSOPS_SERVING_RELOAD_TOKEN). Ctrl-C stops the server.\n", flush=True
     )

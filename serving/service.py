@@ -33,7 +33,7 @@ from serving.schemas import (
 from serving.settings import ServingSettings
 
 log = logging.getLogger("tmsops.serving")
-admin = FastAPI(title="tmsops model server administration")
+admin = FastAPI(title="tmsops model server administration", docs_url=None, redoc_url=None, openapi_url=None)
 # max_latency_ms is BentoML's deadline for a queued request (past it the request gets a 503),
 # not the batching window: the window adapts to the traffic below that bound.
 BATCH = {"batchable": True, "max_batch_size": 4096, "max_latency_ms": 5000}
