@@ -29,7 +29,7 @@ def main() -> None:
     host = os.environ.get("TMSOPS_SERVING_HOST", "127.0.0.1")
     os.environ["TMSOPS_SERVING_RELOAD_TOKEN"] = reload_token()
     print(
-        f"\nModel server: http://{host}:{port}  (API docs: http://{host}:{port}/, OpenAPI: /docs.json, readiness: /readyz)"
+        f"\nModel server: http://{host}:{port}  (API docs at /, OpenAPI at /docs.json, readiness at /readyz)"
     )
     print(
         f"POST /reload token: in {TOKEN_FILE} (or TMSOPS_SERVING_RELOAD_TOKEN). Ctrl-C stops the server.\n", flush=True
