@@ -28,9 +28,7 @@ def main() -> None:
     port = os.environ.get("TMSOPS_SERVING_PORT", "3000")
     host = os.environ.get("TMSOPS_SERVING_HOST", "127.0.0.1")
     os.environ["TMSOPS_SERVING_RELOAD_TOKEN"] = reload_token()
-    print(
-        f"\nModel server: http://{host}:{port}  (API docs at /, OpenAPI at /docs.json, readiness at /readyz)"
-    )
+    print(f"\nModel server: http://{host}:{port}  (API docs at /, OpenAPI at /docs.json, readiness at /readyz)")
     print(
         f"POST /reload token: in {TOKEN_FILE} (or TMSOPS_SERVING_RELOAD_TOKEN). Ctrl-C stops the server.\n", flush=True
     )

@@ -48,11 +48,12 @@ class Champions:
                 self.forecaster = self._refreshed(self.settings.forecaster_name, self.forecaster, "forecast.")
                 self.detector = self._refreshed(self.settings.detector_name, self.detector, "anomaly.")
                 self.last_error = None
-                self.on_change()
             except Exception as error:  # the registry or an artifact is unreachable: keep serving
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("could not refresh the champion models: %s", self.last_error)
                 raise
+            finally:
+                self.on_change()  # whatever is loaded now, even after a partial failure
         return {item.name: item.version for item in (self.forecaster, self.detector) if item}
 
     def _refreshed(self, name: str, current: Loaded | None, metrics: str) -> Loaded:

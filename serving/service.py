@@ -52,7 +52,6 @@ class ModelServer:
             self.champions.refresh()
         except Exception:  # not ready yet; /readyz says so and the poller keeps trying
             log.exception("no champion models loaded at start-up")
-        self._apply_limits()
         self.champions.start_polling()
 
     def __is_ready__(self) -> bool:
@@ -126,7 +125,6 @@ class ModelServer:
             versions = self.champions.refresh()
         except Exception as error:
             return _error(503, f"the registry could not be read: {error}", retry_after=5)
-        self._apply_limits()
         return JSONResponse({"loaded": versions})
 
 

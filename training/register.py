@@ -61,19 +61,13 @@ def detector_decision(candidate: dict[str, Any], champion_score: float | None) -
 
 def _champion_scores(client: Any, params: Params, prepared: Prepared) -> tuple[float | None, float | None]:
     """The current champions' scores on this evaluation set, or None where there is none."""
-    from training.evaluate import anomaly_report
-    from training.forecast_eval import check_lengths, evaluate_forecasts, model_forecasts
+    from training.evaluate import anomaly_report, forecast_report
 
     names = params.registry
     forecast_score = detector_score = None
     if loaded := _load_champion(client, names.forecaster_name):
-        champion = loaded.forecaster
-        config = champion.config
-        check_lengths(prepared, config.context, config.horizon)
-        quantiles = model_forecasts(champion.predict, prepared, config.context, config.horizon)
-        forecast_score = evaluate_forecasts(
-            prepared, quantiles, {}, horizon=config.horizon, season=params.evaluation.season
-        )["champion"]["mase"]
+        report, _ = forecast_report(prepared, loaded.forecaster, params.evaluation.season, [], progress=False)
+        forecast_score = report["champion"]["mase"]
     if loaded := _load_champion(client, names.detector_name):
         detector_score = anomaly_report(prepared, loaded.detector)[0]["detector"]["standard"]["score"]
     return forecast_score, detector_score
