@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute
 
 from tmsops.audit import AuditAttempt, AuditEntry, AuditLog, AuditQuery, AuditResult
 from tmsops.auth import (
@@ -111,11 +112,21 @@ def _core_lifespan(name: str, settings: CoreSettings, service_lifespan: Lifespan
     return lifespan
 
 
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, including those of included routers (which FastAPI keeps as one lazy entry)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from api_routes(included.routes)
+
+
 def refuse_unprotected_changes(app: FastAPI) -> None:
     """Raise if a route that changes state (a method other than GET, HEAD, OPTIONS) declares no scope."""
-    for route in app.routes:
-        changing = sorted(set(getattr(route, "methods", None) or ()) - SAFE_METHODS)
-        if changing and isinstance(route, APIRoute) and declared_scope(route.dependant) is None:
+    for route in api_routes(app.routes):
+        changing = sorted(set(route.methods or ()) - SAFE_METHODS)
+        if changing and declared_scope(route.dependant) is None:
             methods = ",".join(changing)
             raise PermanentError(f"{methods} {route.path} changes state but declares no scope (Depends(require(...)))")
 

@@ -147,6 +147,13 @@ def ensure_admin_token(state_dir: Path, *, database_url: str | None = None) -> s
         engine.dispose()
 
 
+def service_token(store: TokenStore, service: str, scope: Scope = Scope.OPERATE) -> str:
+    """A fresh token for the tmsops service ``service`` to call another one; it replaces the previous one."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    store.register(secret, f"service:{service}", scope)
+    return secret
+
+
 def first_admin_secret(store: TokenStore) -> str | None:
     if store.has_scope(Scope.ADMIN):
         return None

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 import typer
 
 from tmsops.errors import TmsopsError
+from tmsops.fleet.cli import app as fleet_commands
 
 
 def build_app() -> typer.Typer:
@@ -22,6 +23,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         help="tmsops: forecast-driven autoscaling, verified optimisation and safeguarded chaos.",
     )
+    app.add_typer(fleet_commands, name="fleet")
     for entry in sorted(entry_points(group="tmsops.commands"), key=lambda item: item.name):
         app.add_typer(entry.load(), name=entry.name)
     return app

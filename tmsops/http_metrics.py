@@ -28,11 +28,16 @@ class HttpMetrics:
         )
         info = Gauge("tmsops_service_info", "Service name and version", ["service", "version"], registry=self.registry)
         info.labels(service=service, version=version).set(1)
+        self.extra_registries: list[CollectorRegistry] = []
 
     def observe(self, route: str | None, method: str, status: int, duration_s: float) -> None:
         template = route or UNMATCHED_ROUTE
         self._requests.labels(route=template, method=method, status=str(status)).inc()
         self._latency.labels(route=template, method=method).observe(duration_s)
 
+    def include(self, registry: CollectorRegistry) -> None:
+        """Expose the metrics of ``registry`` too (a service's own metrics beside its HTTP metrics)."""
+        self.extra_registries.append(registry)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(registry) for registry in [self.registry, *self.extra_registries])

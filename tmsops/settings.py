@@ -142,12 +142,195 @@ class SafetySettings(Section):
     emergency_stop: bool = True
 
 
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
+_QUANTITY_FACTORS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def parse_bytes(value: object) -> object:
+    """A Kubernetes memory quantity (``"256Mi"``, ``"1G"``, ``"1048576"``) as bytes; other values unchanged."""
+    if isinstance(value, str):
+        match = _QUANTITY.fullmatch(value.strip())
+        if match:
+            return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
+    return value
+
+
+def parse_cores(value: object) -> object:
+    """A Kubernetes CPU quantity (``"250m"``, ``"0.5"``, ``"2"``) as cores; other values unchanged."""
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+m", text):
+            return int(text[:-1]) / 1000
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+    return value
+
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
+Cores = Annotated[float, BeforeValidator(parse_cores), Field(gt=0)]
+
+
 class ServicePorts(Section):
     """The port each service listens on (on ``host``)."""
 
     autoscaler: Port = 8011
     optimizer: Port = 8012
     chaos: Port = 8013
+
+
+SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class FleetService(Section):
+    """One service of the local fleet: how to start a replica and how many may run.
+
+    In ``command`` and ``env`` values, ``{python}`` is the fleet's Python interpreter, ``{port}``
+    the replica's own port, ``{dataDir}`` the service's data directory,
+    ``{service:NAME}`` the base URL of another fleet service (through its proxy), and
+    ``{dependency:NAME}`` the ``host:port`` to reach a declared dependency through the
+    fleet's slow-dependency proxy.
+    """
+
+    command: list[str] = Field(min_length=1)
+    port: Port
+    env: dict[str, str] = {}
+    health_path: str = Field("/health", pattern=r"^/")
+    replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(10, ge=1)
+    cpu_request: Cores | None = None
+    cpu_limit: Cores | None = None
+    memory_request: Bytes | None = None
+    memory_limit: Bytes | None = None
+    data_dir: Path | None = None
+    dependencies: dict[str, str] = Field({}, description="name -> host:port")
+    start_timeout: Duration = timedelta(seconds=30)
+    drain_timeout: Duration = timedelta(seconds=30)
+    stop_grace: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _replicas_in_range(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) is outside minReplicas .. maxReplicas")
+        for name, address in self.dependencies.items():
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"dependencies.{name}: {address!r} is not host:port")
+        return self
+
+
+def demo_fleet() -> dict[str, FleetService]:
+    """The demo TMS workload: api-gateway -> shipment-service (SQLite, no cache) and tracking-service."""
+    python_module = ["{python}", "-m"]
+    return {
+        "api-gateway": FleetService(
+            command=[*python_module, "tmsops.demo.gateway"],
+            port=8080,
+            env={
+                "SHIPMENT_URL": "{service:shipment-service}",
+                "TRACKING_URL": "{service:tracking-service}",
+            },
+            max_replicas=6,
+            cpu_request=0.25,
+            memory_request=128 * 2**20,
+            memory_limit=512 * 2**20,
+        ),
+        "shipment-service": FleetService(
+            command=[*python_module, "tmsops.demo.shipment"],
+            port=8081,
+            env={"DATABASE_URL": "sqlite:///{dataDir}/shipments.db"},
+            data_dir=Path("state/fleet/shipment-service"),
+            max_replicas=6,
+            cpu_request=0.25,
+            memory_request=128 * 2**20,
+            memory_limit=512 * 2**20,
+        ),
+        "tracking-service": FleetService(
+            command=[*python_module, "tmsops.demo.tracking"],
+            port=8082,
+            max_replicas=6,
+            cpu_request=0.25,
+            memory_request=128 * 2**20,
+            memory_limit=512 * 2**20,
+        ),
+    }
+
+
+class FleetConfig(Section):
+    """The local fleet: its control API's port and its services (the demo workload by default)."""
+
+    control_port: Port = 8010
+    services: dict[str, FleetService] = Field(default_factory=demo_fleet)
+    usage_interval: Duration = timedelta(seconds=2)
+    restart_backoff_max: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _names_and_ports(self) -> Self:
+        ports: dict[int, str] = {}
+        for name, service in self.services.items():
+            if not re.match(SERVICE_NAME, name):
+                raise ValueError(f"service name {name!r} must be lower-case letters, digits and '-'")
+            if service.port in ports or service.port == self.control_port:
+                other = ports.get(service.port, "controlPort")
+                raise ValueError(f"services {name} and {other} both use port {service.port}")
+            ports[service.port] = name
+        return self
+
+
+class FleetTargetSettings(Section):
+    """How the services reach the local fleet: its control API, and a token with scope ``operate``.
+
+    Without ``token`` a service on the same state store issues itself one at start.
+    """
+
+    url: str = "http://127.0.0.1:8010"
+    token: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=60)
+
+
+class KubernetesTargetSettings(Section):
+    """Which cluster, namespace and Deployments; ``kubeconfig`` unset means the in-cluster service account."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: str = Field("default", min_length=1)
+    label_selector: str = "app.kubernetes.io/part-of=tms"
+    chaos_namespace: str | None = None
+    conflict_retries: int = Field(5, ge=0, le=50)
+    request_timeout: Duration = timedelta(seconds=10)
+
+
+class TargetSettings(Section):
+    """The services tmsops operates: the local fleet (default) or a Kubernetes cluster."""
+
+    kind: Literal["fleet", "kubernetes"] = "fleet"
+    fleet: FleetTargetSettings = FleetTargetSettings()
+    kubernetes: KubernetesTargetSettings = KubernetesTargetSettings()
+
+
+class MetricsSettings(Section):
+    """Where live metrics come from: the Prometheus HTTP API at ``prometheusUrl``.
+
+    ``templates`` overrides the PromQL of a metric (``requestsPerSecond``, ``cpuCores``,
+    ``memoryBytes``, ``p95LatencyMs``, ``errorRate``, ``readyReplicas``) for the configured target
+    kind; ``{service}``, ``{namespace}`` and ``{window}`` are filled in.
+    """
+
+    window: Duration = timedelta(minutes=1)
+    timeout: Duration = timedelta(seconds=10)
+    templates: dict[str, str] = {}
 
 
 class CoreSettings(BaseSettings):
@@ -170,6 +353,8 @@ class CoreSettings(BaseSettings):
     admin_token: SecretStr | None = None
     host: str = "127.0.0.1"
     ports: ServicePorts = ServicePorts()
+    target: TargetSettings = TargetSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -232,7 +417,16 @@ class ChaosSettings(CoreSettings):
         return self.ports.chaos
 
 
+class FleetSettings(CoreSettings):
+    fleet: FleetConfig = FleetConfig()
+
+    @property
+    def port(self) -> int:
+        return self.fleet.control_port
+
+
 SECTIONS: dict[str, type[Section]] = {
+    "fleet": FleetConfig,
     "scaling": ScalingSettings,
     "optimization": OptimizationSettings,
     "safety": SafetySettings,

@@ -293,3 +293,18 @@ def test_the_service_lifespan_runs_inside_the_core_one(settings: CoreSettings) -
         assert client.get("/health").status_code == 200
         assert events == ["started"]
     assert events == ["started", "stopped"]
+
+
+def test_an_unprotected_change_in_an_included_router_is_refused(settings: CoreSettings) -> None:
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.post("/unprotected")
+    async def unprotected() -> dict[str, str]:
+        return {}
+
+    app = create_app("svc", settings, version="1")
+    app.include_router(router)
+    with pytest.raises(PermanentError, match="POST /unprotected changes state but declares no scope"), TestClient(app):
+        pass
