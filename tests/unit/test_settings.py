@@ -13,6 +13,9 @@ from tmsops.settings import (
     AutoscalerSettings,
     ChaosSettings,
     CoreSettings,
+    FleetConfig,
+    FleetService,
+    FleetSettings,
     OptimizerSettings,
     SettingsError,
     env_name,
@@ -177,8 +180,22 @@ def test_production_accepts_secure_settings_and_dev_accepts_defaults() -> None:
 
 
 def test_the_example_file_is_valid_for_every_service() -> None:
-    for cls in (AutoscalerSettings, OptimizerSettings, ChaosSettings):
+    for cls in (AutoscalerSettings, OptimizerSettings, ChaosSettings, FleetSettings):
         assert load_settings(cls, EXAMPLE) == load_settings(cls)
+
+
+def test_quantities_and_fleet_checks() -> None:
+    service = FleetService(command=["x"], port=9000, cpu_request="250m", memory_limit="1.5Gi")
+    assert (service.cpu_request, service.memory_limit) == (0.25, int(1.5 * 2**30))
+    with pytest.raises(ValidationError, match=r"replicas \(7\) is outside minReplicas \.\. maxReplicas"):
+        FleetService(command=["x"], port=9000, replicas=7, max_replicas=6)
+    with pytest.raises(ValidationError, match=r"dependencies\.db: 'nowhere' is not host:port"):
+        FleetService(command=["x"], port=9000, dependencies={"db": "nowhere"})
+    twice = {"a": FleetService(command=["x"], port=9000), "b": FleetService(command=["y"], port=9000)}
+    with pytest.raises(ValidationError, match="services b and a both use port 9000"):
+        FleetConfig(services=twice)
+    with pytest.raises(ValidationError, match="service name 'Bad_Name'"):
+        FleetConfig(services={"Bad_Name": FleetService(command=["x"], port=9000)})
 
 
 def test_env_name() -> None:

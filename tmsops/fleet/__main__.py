@@ -1,6 +1,6 @@
-"""``python -m tmsops.fleet``: run the local fleet and its control API (same as ``tmsops fleet run``)."""
+"""``python -m tmsops.fleet run``: the same as ``tmsops fleet run``."""
 
-from tmsops.fleet.cli import run
+from tmsops.fleet.cli import app
 
 if __name__ == "__main__":
-    run()
+    app(prog_name="python -m tmsops.fleet")

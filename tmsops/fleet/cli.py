@@ -10,6 +10,11 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="The local fleet: real replica processes behind per-service proxies.")
 
 
+@app.callback()
+def fleet() -> None:
+    """The local fleet: real replica processes behind per-service proxies."""
+
+
 @app.command("run")
 def run(
     config: Annotated[
