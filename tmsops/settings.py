@@ -16,6 +16,7 @@ admin token, or debug on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from datetime import timedelta
@@ -28,6 +29,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tmsops.errors import PermanentError
+from tmsops.targets.quantities import parse_cpu, parse_memory
 
 ENV_PREFIX = "TMSOPS_"
 ENV_NESTED_DELIMITER = "__"
@@ -142,37 +144,19 @@ class SafetySettings(Section):
     emergency_stop: bool = True
 
 
-_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
-_QUANTITY_FACTORS = {
-    None: 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-
-
 def parse_bytes(value: object) -> object:
     """A Kubernetes memory quantity (``"256Mi"``, ``"1G"``, ``"1048576"``) as bytes; other values unchanged."""
     if isinstance(value, str):
-        match = _QUANTITY.fullmatch(value.strip())
-        if match:
-            return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
+        with contextlib.suppress(ValueError):
+            return parse_memory(value)
     return value
 
 
 def parse_cores(value: object) -> object:
     """A Kubernetes CPU quantity (``"250m"``, ``"0.5"``, ``"2"``) as cores; other values unchanged."""
     if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+m", text):
-            return int(text[:-1]) / 1000
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return float(text)
+        with contextlib.suppress(ValueError):
+            return parse_cpu(value)
     return value
 
 
