@@ -7,10 +7,12 @@ Usage (from the repository root)::
 
 Starts ``python -m tmsops.fleet run`` as a real process with one service of one replica
 (``tmsops.fleet.echo``, which does no work), then sends open-loop traffic at ``--rate``
-requests/s (keep-alive, ``httpx.AsyncClient``) alternately straight to the replica's
-port and through the service's proxy, in interleaved phases so that drift of the
-machine hits both paths alike. ``overhead_p50_ms`` is the proxy path's median latency
-minus the direct path's, measured in the same run.
+requests/s alternately straight to the replica's port and through the service's proxy,
+with a lean keep-alive HTTP/1.1 client (h11 over asyncio streams: httpx's own cost per
+request, at tens of concurrent connections, would swamp a sub-millisecond figure), in
+interleaved phases so that drift of the machine hits both paths alike.
+``overhead_p50_ms`` is the proxy path's median latency minus the direct path's,
+measured in the same run.
 
 Then, through the proxy: a 100 ms ``network_latency`` fault is injected over the control
 API and the added median latency is compared with 100 ms (``latency_fault_error_pct``);
@@ -32,10 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import numpy as np
 import yaml
@@ -57,6 +61,58 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class LeanClient:
+    """GET over kept-alive HTTP/1.1 connections to one address; a new connection when none is idle."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]] = []
+
+    async def get(self, target: str) -> int:
+        """The status of ``GET target``; once more on a new connection if a kept-alive one had gone stale."""
+        if self._idle:
+            reader, writer, conn = self._idle.pop()
+            try:
+                return await self._get(reader, writer, conn, target)
+            except (ConnectionError, h11.RemoteProtocolError):
+                writer.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return await self._get(reader, writer, h11.Connection(h11.CLIENT), target)
+
+    async def _get(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: h11.Connection, target: str
+    ) -> int:
+        request = h11.Request(method="GET", target=target, headers=[("host", self.host)])
+        writer.write((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        status = await self._read(reader, conn)
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._idle.append((reader, writer, conn))
+        else:
+            writer.close()
+        return status
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader, conn: h11.Connection) -> int:
+        status = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                return status
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed before the end of the answer")
+
+    def close(self) -> None:
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
 
 
 def progress(message: str) -> None:
@@ -104,23 +160,22 @@ async def wait_ready(control: httpx.AsyncClient, process: subprocess.Popen[bytes
     raise SystemExit(f"the fleet was not ready within {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
-async def open_loop(client: httpx.AsyncClient, url: str, rate: float, duration_s: float) -> dict[str, Any]:
+async def open_loop(client: LeanClient, target: str, rate: float, duration_s: float) -> dict[str, Any]:
     """Requests at a fixed rate whatever the answers take; latency of each, and errors."""
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def one() -> None:
-        nonlocal errors
         started = time.perf_counter()
         try:
-            response = await client.get(url)
-            ok = response.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if ok:
+            status = await client.get(target)
+        except (OSError, h11.ProtocolError) as error:
+            errors[type(error).__name__] += 1
+            return
+        if status == 200:
             latencies.append((time.perf_counter() - started) * 1000)
         else:
-            errors += 1
+            errors[str(status)] += 1
 
     tasks = []
     begin = time.perf_counter()
@@ -134,7 +189,8 @@ async def open_loop(client: httpx.AsyncClient, url: str, rate: float, duration_s
     values = np.array(latencies) if latencies else np.array([float("nan")])
     return {
         "requests": len(tasks),
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
         "achieved_rps": round(len(tasks) / wall_s, 1),
         "p50_ms": round(float(np.percentile(values, 50)), 3),
         "p95_ms": round(float(np.percentile(values, 95)), 3),
@@ -149,6 +205,7 @@ def merged(phases: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "requests": sum(phase["requests"] for phase in phases),
         "errors": sum(phase["errors"] for phase in phases),
+        "error_kinds": dict(sum((Counter(phase["error_kinds"]) for phase in phases), Counter())),
         "p50_ms": round(float(np.percentile(values, 50)), 3),
         "p95_ms": round(float(np.percentile(values, 95)), 3),
         "p99_ms": round(float(np.percentile(values, 99)), 3),
@@ -156,14 +213,14 @@ def merged(phases: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def ttl_check(client: httpx.AsyncClient, control: httpx.AsyncClient, proxy_url: str) -> dict[str, Any]:
+async def ttl_check(client: LeanClient, control: httpx.AsyncClient) -> dict[str, Any]:
     fault = {"service": "echo", "fault": {"type": "service_unavailable"}, "ttlS": TTL_S}
     answer = await control.post("/faults", json=fault)
     answer.raise_for_status()
     fault_id = answer.json()["id"]
-    during = [(await client.get(proxy_url)).status_code for _ in range(5)]
+    during = [await client.get("/echo") for _ in range(5)]
     await asyncio.sleep(TTL_S + 0.6)
-    after = [(await client.get(proxy_url)).status_code for _ in range(20)]
+    after = [await client.get("/echo") for _ in range(20)]
     await asyncio.sleep(1.5)  # the reaper runs at least every 0.5 s while a fault is active
     state = (await control.get(f"/faults/{fault_id}")).json()["state"]
     ok = all(code == 503 for code in during) and all(code == 200 for code in after) and state == "expired"
@@ -189,29 +246,27 @@ async def _measure(
     token = service_token(TokenStore(engine), "bench")
     engine.dispose()
     headers = {"Authorization": f"Bearer {token}"}
-    direct_url, proxy_url = f"http://{replica}/echo", f"http://127.0.0.1:{service_port}/echo"
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with (
-        httpx.AsyncClient(timeout=10, limits=limits) as client,
-        httpx.AsyncClient(base_url=control_url, headers=headers, timeout=30) as control,
-    ):
+    direct_client, proxy_client = LeanClient(replica), LeanClient(f"127.0.0.1:{service_port}")
+    async with httpx.AsyncClient(base_url=control_url, headers=headers, timeout=30) as control:
         progress("warming up")
-        await open_loop(client, direct_url, options.rate, 2)
-        await open_loop(client, proxy_url, options.rate, 2)
+        await open_loop(direct_client, "/echo", options.rate, 2)
+        await open_loop(proxy_client, "/echo", options.rate, 2)
         direct, proxied = [], []
         for round_index in range(options.rounds):
             progress(f"round {round_index + 1}/{options.rounds}: direct, then through the proxy")
-            direct.append(await open_loop(client, direct_url, options.rate, options.phase_s))
-            proxied.append(await open_loop(client, proxy_url, options.rate, options.phase_s))
+            direct.append(await open_loop(direct_client, "/echo", options.rate, options.phase_s))
+            proxied.append(await open_loop(proxy_client, "/echo", options.rate, options.phase_s))
         progress(f"injected latency of {FAULT_LATENCY_MS:.0f} ms")
         fault = {"service": "echo", "fault": {"type": "network_latency", "latencyMs": FAULT_LATENCY_MS}, "ttlS": 120}
         answer = await control.post("/faults", json=fault)
         answer.raise_for_status()
-        faulted = await open_loop(client, proxy_url, options.rate, options.phase_s)
+        faulted = await open_loop(proxy_client, "/echo", options.rate, options.phase_s)
         (await control.delete(f"/faults/{answer.json()['id']}")).raise_for_status()
-        after_revert = await open_loop(client, proxy_url, options.rate, options.phase_s)
+        after_revert = await open_loop(proxy_client, "/echo", options.rate, options.phase_s)
         progress("fault with a 2 s time-to-live, never reverted")
-        ttl = await ttl_check(client, control, proxy_url)
+        ttl = await ttl_check(proxy_client, control)
+    direct_client.close()
+    proxy_client.close()
     return report(options, direct, proxied, faulted, after_revert, ttl)
 
 

@@ -113,6 +113,8 @@ class FaultBook:
 
     def proxy_effects(self, service: str, replica: str) -> ProxyEffects:
         """The combined network effects on one request to ``replica`` of ``service``, sampled now."""
+        if not self._active:
+            return NO_EFFECTS
         now = datetime.now(UTC)
         entries = [entry for entry in self._active.values() if entry.applies_to(service, replica, now)]
         if not entries:

@@ -146,7 +146,10 @@ class ServiceProxy:
         self._pool_changed = asyncio.Condition()
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._in_flight = metrics.in_flight.labels(service=service)
+        self._duration = metrics.duration.labels(service=service)
+        self._requests = metrics.requests
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     @property
     def replicas(self) -> list[str]:
@@ -163,11 +166,12 @@ class ServiceProxy:
             ) from error
 
     async def stop(self) -> None:
+        """Stop listening and close every client connection (their requests have been drained before)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._clients):
-            task.cancel()
+        for writer in self._clients.values():
+            writer.transport.abort()
         await asyncio.gather(*self._clients, return_exceptions=True)
         for backend in [*self._pool.values(), *self._leaving.values()]:
             backend.close_idle()
@@ -205,13 +209,13 @@ class ServiceProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
+        self._clients[task] = writer
         try:
             await self._serve(reader, writer)
         except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -226,15 +230,13 @@ class ServiceProxy:
             conn.start_next_cycle()
 
     async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter, exchange: Exchange) -> bool:
-        in_flight = self._metrics.in_flight.labels(service=self.service)
-        in_flight.inc()
+        self._in_flight.inc()
         try:
             status, keep_open = await self._route(conn, writer, exchange)
         finally:
-            in_flight.dec()
-        code = str(status) if status else "reset"
-        self._metrics.requests.labels(service=self.service, code=code).inc()
-        self._metrics.duration.labels(service=self.service).observe(time.perf_counter() - exchange.started)
+            self._in_flight.dec()
+        self._requests.labels(service=self.service, code=str(status) if status else "reset").inc()
+        self._duration.observe(time.perf_counter() - exchange.started)
         return keep_open
 
     async def _route(self, conn: h11.Connection, writer: asyncio.StreamWriter, exchange: Exchange) -> tuple[int, bool]:
@@ -266,24 +268,33 @@ class ServiceProxy:
 
     async def _pick(self, tried: set[str]) -> Backend | None:
         """The ready replica with the fewest requests in flight, waiting a little when there is none."""
+        chosen = self._least_busy(tried)
+        if chosen is not None or tried:
+            return chosen
         deadline = time.monotonic() + self._no_replica_wait_s
         async with self._pool_changed:
             while True:
-                candidates = [backend for backend in self._pool.values() if backend.id not in tried]
-                if candidates:
-                    turn = next(self._turn) % len(candidates)
-                    rotated = candidates[turn:] + candidates[:turn]
-                    return min(rotated, key=lambda backend: backend.in_flight)
+                chosen = self._least_busy(tried)
+                if chosen is not None:
+                    return chosen
                 remaining = deadline - time.monotonic()
                 if tried or remaining <= 0:
                     return None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._pool_changed.wait(), remaining)
 
+    def _least_busy(self, tried: set[str]) -> Backend | None:
+        candidates = [backend for backend in self._pool.values() if backend.id not in tried]
+        if not candidates:
+            return None
+        turn = next(self._turn) % len(candidates)
+        return min(candidates[turn:] + candidates[:turn], key=lambda backend: backend.in_flight)
+
     async def _forward(self, backend: Backend, exchange: Exchange) -> tuple[h11.Response, bytes]:
         backend.in_flight += 1
         try:
-            return await asyncio.wait_for(self._exchange(backend, exchange), self._upstream_timeout_s)
+            async with asyncio.timeout(self._upstream_timeout_s):
+                return await self._exchange(backend, exchange)
         finally:
             backend.in_flight -= 1
             if backend.in_flight == 0 and backend.id in self._leaving:
