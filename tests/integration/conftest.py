@@ -60,7 +60,7 @@ global:
 scrape_configs:
   - job_name: {job}
     static_configs:
-      - targets: ["127.0.0.1:{port}"]
+      - targets: ["{address}"]
 """
 
 _STARTUP_DEADLINE_S = 30.0
@@ -91,7 +91,7 @@ def _die_with_parent() -> Callable[[], object] | None:
     return functools.partial(prctl, pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _spawn(args: list[str], log: Path, *, capture_stdout: bool = False) -> subprocess.Popen[str]:
+def spawn(args: list[str], log: Path, *, capture_stdout: bool = False) -> subprocess.Popen[str]:
     with log.open("w") as log_file:
         return subprocess.Popen(
             args,
@@ -104,7 +104,7 @@ def _spawn(args: list[str], log: Path, *, capture_stdout: bool = False) -> subpr
         )
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def stop_process(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -122,11 +122,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tail(log: Path) -> str:
+def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
 
 
-def _find_prometheus() -> str:
+def find_prometheus() -> str:
     found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
     if found is None:
         require_service(
@@ -140,18 +140,22 @@ def _start_exporter(tmp: Path) -> tuple[subprocess.Popen[str], int]:
     script = tmp / "exporter.py"
     script.write_text(_EXPORTER_SOURCE)
     log = tmp / "exporter.log"
-    process = _spawn([sys.executable, str(script)], log, capture_stdout=True)
+    process = spawn([sys.executable, str(script)], log, capture_stdout=True)
     assert process.stdout is not None
     line = process.stdout.readline().strip()
     if not line.isdigit():
-        _stop(process)
-        pytest.fail(f"the test exporter did not start: {line!r}\n{_tail(log)}", pytrace=False)
+        stop_process(process)
+        pytest.fail(f"the test exporter did not start: {line!r}\n{tail(log)}", pytrace=False)
     return process, int(line)
 
 
-def _start_prometheus(binary: str, tmp: Path, target_port: int) -> tuple[subprocess.Popen[str], str]:
+def start_prometheus(
+    binary: str, tmp: Path, target: int | str, job: str = EXPORTER_JOB
+) -> tuple[subprocess.Popen[str], str]:
+    """Prometheus scraping ``target`` (a port on 127.0.0.1, or host:port) every second; its base URL."""
     config = tmp / "prometheus.yml"
-    config.write_text(_CONFIG.format(job=EXPORTER_JOB, port=target_port))
+    address = f"127.0.0.1:{target}" if isinstance(target, int) else target
+    config.write_text(_CONFIG.format(job=job, address=address))
     port = _free_port()
     args = [
         binary,
@@ -160,7 +164,7 @@ def _start_prometheus(binary: str, tmp: Path, target_port: int) -> tuple[subproc
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    return _spawn(args, tmp / "prometheus.log"), f"http://127.0.0.1:{port}"
+    return spawn(args, tmp / "prometheus.log"), f"http://127.0.0.1:{port}"
 
 
 def _wait_until_scraped(process: subprocess.Popen[str], base_url: str, log: Path) -> None:
@@ -171,16 +175,16 @@ def _wait_until_scraped(process: subprocess.Popen[str], base_url: str, log: Path
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 pytest.fail(
-                    f"prometheus exited with code {process.returncode}:\n{_tail(log)}",
+                    f"prometheus exited with code {process.returncode}:\n{tail(log)}",
                     pytrace=False,
                 )
-            if _sample_count(client, base_url, query) >= _SAMPLES_BEFORE_READY:
+            if sample_count(client, base_url, query) >= _SAMPLES_BEFORE_READY:
                 return
             time.sleep(0.25)
-    pytest.fail(f"prometheus did not scrape the exporter within {_STARTUP_DEADLINE_S} s:\n{_tail(log)}")
+    pytest.fail(f"prometheus did not scrape the exporter within {_STARTUP_DEADLINE_S} s:\n{tail(log)}")
 
 
-def _sample_count(client: httpx.Client, base_url: str, query: str) -> float:
+def sample_count(client: httpx.Client, base_url: str, query: str) -> float:
     try:
         if client.get(f"{base_url}/-/ready").status_code != 200:
             return 0.0
@@ -193,18 +197,18 @@ def _sample_count(client: httpx.Client, base_url: str, query: str) -> float:
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real Prometheus that scrapes a real process every second."""
-    binary = _find_prometheus()
+    binary = find_prometheus()
     tmp = tmp_path_factory.mktemp("prometheus")
     exporter, exporter_port = _start_exporter(tmp)
     try:
-        server, base_url = _start_prometheus(binary, tmp, exporter_port)
+        server, base_url = start_prometheus(binary, tmp, exporter_port)
         try:
             _wait_until_scraped(server, base_url, tmp / "prometheus.log")
             yield base_url
         finally:
-            _stop(server)
+            stop_process(server)
     finally:
-        _stop(exporter)
+        stop_process(exporter)
 
 
 @pytest.fixture(scope="session")
