@@ -105,6 +105,7 @@ class ModelServer:
         body: dict[str, Any] = {
             "ready": self.champions.ready,
             "models": models,
+            "forecast": {"context": LIMITS.context, "horizon": LIMITS.horizon},
             "last_error": self.champions.last_error,
             "reload_interval_s": self.settings.reload_interval_s,
         }

@@ -17,11 +17,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +50,7 @@ from tmsops.settings import CoreSettings
 from tmsops.state import make_engine
 
 REQUEST_ID_HEADER = "X-Request-ID"
+STATIC_DIR = Path(__file__).parent / "static"
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -76,6 +79,7 @@ def create_app(name: str, settings: CoreSettings, *, version: str, lifespan: Lif
     install_error_handlers(app)
     app.middleware("http")(_observe)
     app.include_router(_core_router())
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 

@@ -99,13 +99,29 @@ class MemoryThresholds(Thresholds):
 
 
 class ScalingSettings(Section):
-    """The autoscaler's policy."""
+    """The autoscaler's policy.
+
+    ``mode``: ``forecastOnly`` recommends and records, never acts; ``forecastAndScale`` acts.
+    ``interval``: time between decisions. ``forecastStep``: the step of the demand series
+    sent to the forecaster (the step it was trained on). ``services``: the services to
+    manage (empty: every service of the target).
+    """
 
     cpu_thresholds: Thresholds = Thresholds()
     memory_thresholds: MemoryThresholds = MemoryThresholds()
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(10, ge=1)
     prediction_weight: float = Field(0.3, ge=0, le=1)
+    mode: Literal["forecastOnly", "forecastAndScale"] = "forecastOnly"
+    interval: Duration = timedelta(seconds=15)
+    forecast_step: Duration = timedelta(minutes=5)
+    quantile: Literal["p50", "p90"] = "p50"
+    stabilization_window: Duration = timedelta(minutes=5)
+    tolerance: float = Field(0.1, ge=0, le=1)
+    max_interval_ratio: float = Field(2.0, gt=0)
+    startup_time: Duration = timedelta(seconds=30)
+    price_per_replica_hour: float = Field(0.05, ge=0)
+    services: list[str] = []
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:

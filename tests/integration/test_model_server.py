@@ -270,6 +270,7 @@ def test_model_info(model_server_url: str) -> None:
     assert info["ready"] is True
     assert info["last_error"] is None
     assert info["reload_interval_s"] == 1.0
+    assert info["forecast"] == {"context": 48, "horizon": 6}
     models = {model["name"]: model for model in info["models"]}
     assert set(models) == {FORECASTER, DETECTOR}
     for model in models.values():

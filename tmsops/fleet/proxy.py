@@ -149,6 +149,7 @@ class ServiceProxy:
         self._in_flight = metrics.in_flight.labels(service=service)
         self._duration = metrics.duration.labels(service=service)
         self._requests = metrics.requests
+        self.answered = 0
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     @property
@@ -235,6 +236,7 @@ class ServiceProxy:
             status, keep_open = await self._route(conn, writer, exchange)
         finally:
             self._in_flight.dec()
+        self.answered += 1
         self._requests.labels(service=self.service, code=str(status) if status else "reset").inc()
         self._duration.observe(time.perf_counter() - exchange.started)
         return keep_open

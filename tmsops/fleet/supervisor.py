@@ -120,7 +120,13 @@ class Fleet:
 
     async def usage(self, name: str) -> ServiceUsage:
         group = self._group(name)
-        return ServiceUsage(service=name, at=datetime.now(UTC), replicas=group.usage(), resources=group.resources)
+        return ServiceUsage(
+            service=name,
+            at=datetime.now(UTC),
+            replicas=group.usage(),
+            resources=group.resources,
+            requests_total=group.proxy.answered,
+        )
 
     async def inject(self, request: FaultRequest) -> Fault:
         group = self._group(request.service)

@@ -60,10 +60,14 @@ class ReplicaUsage(Model):
 
 
 class ServiceUsage(Model):
+    """Usage per replica; ``requests_total`` counts the requests the service answered since the target
+    started (the fleet's proxy counts them; ``None`` where the target cannot, as on Kubernetes)."""
+
     service: str
     at: datetime
     replicas: list[ReplicaUsage]
     resources: Resources = Resources()
+    requests_total: int | None = None
 
     @property
     def cpu_cores(self) -> float:

@@ -1,0 +1,308 @@
+"""The control loop: every interval, observe each service, forecast its demand, decide, record, act.
+
+Forecasts for all services come from one batched call to the model server, made when a new
+step of demand history is complete. When the model server is down (or its circuit is open)
+the loop goes on with reactive decisions, says so in each record and in ``/health``.
+
+Changes to one service are serialised: the loop does not start a scale while another is in
+progress for that service (its record says so), and ``POST /scale`` waits its turn. After a
+scale-up the loop measures how long the new replicas took to be ready; that start-up time
+sets how far ahead the next decisions look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from actuators.autoscaler.history import DemandHistory
+from actuators.autoscaler.observe import Observer
+from actuators.autoscaler.policy import Decision, ForecastView, Observation, PolicyConfig, ServicePolicy
+from actuators.autoscaler.records import DecisionStore
+from tmsops.errors import TmsopsError
+from tmsops.metrics_source import PrometheusSource
+from tmsops.model_client import ModelClient, ModelRequestError, SeriesIn
+from tmsops.settings import AutoscalerSettings
+from tmsops.targets.base import Target
+
+READY_WAIT_S = 300.0
+ACTUALS_KEPT = 2880
+
+log = logging.getLogger("tmsops.autoscaler")
+
+
+@dataclass
+class ServiceState:
+    policy: ServicePolicy
+    history: DemandHistory
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    forecast: ForecastView | None = None
+    forecast_origin: float | None = None
+    decision: Decision | None = None
+    actuals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ACTUALS_KEPT))
+
+
+@dataclass
+class ModelStatus:
+    context: int = 288
+    horizon: int = 12
+    error: str | None = None
+    version: str | None = None
+    limits_known: bool = False
+
+
+def policy_config(settings: AutoscalerSettings) -> PolicyConfig:
+    scaling = settings.scaling
+    return PolicyConfig(
+        cpu_scale_up=scaling.cpu_thresholds.scale_up,
+        cpu_scale_down=scaling.cpu_thresholds.scale_down,
+        memory_scale_up=scaling.memory_thresholds.scale_up,
+        memory_scale_down=scaling.memory_thresholds.scale_down,
+        tolerance=scaling.tolerance,
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        prediction_weight=scaling.prediction_weight,
+        quantile=scaling.quantile,
+        interval_s=scaling.interval.total_seconds(),
+        stabilization_s=scaling.stabilization_window.total_seconds(),
+        max_interval_ratio=scaling.max_interval_ratio,
+    )
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        settings: AutoscalerSettings,
+        target: Target,
+        models: ModelClient,
+        store: DecisionStore,
+        metrics: PrometheusSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.models = models
+        self.store = store
+        self.model = ModelStatus()
+        self.config = policy_config(settings)
+        self.services: dict[str, ServiceState] = {}
+        self.last_tick_at: float | None = None
+        self._observer = Observer(target, metrics)
+        self._actions: set[asyncio.Task[None]] = set()
+
+    @property
+    def acting(self) -> bool:
+        return self.settings.scaling.mode == "forecastAndScale"
+
+    async def run(self) -> None:
+        """Tick every interval until cancelled; a failing tick is logged and the loop goes on."""
+        interval_s = self.config.interval_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("autoscaler tick failed")
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    async def close(self) -> None:
+        for task in list(self._actions):
+            task.cancel()
+        await asyncio.gather(*self._actions, return_exceptions=True)
+
+    async def refresh_model_limits(self) -> None:
+        """The forecaster's context and horizon, as the model server reports them."""
+        try:
+            info = await self.models.model_info()
+        except TmsopsError as error:
+            self.model.error = error.message
+            return
+        limits = info.get("forecast") or {}
+        self.model.context = int(limits.get("context", self.model.context))
+        self.model.horizon = int(limits.get("horizon", self.model.horizon))
+        self.model.limits_known = True
+
+    async def tick(self) -> list[Decision]:
+        if not self.model.limits_known:
+            await self.refresh_model_limits()
+        names = await self.managed_services()
+        observed = await asyncio.gather(*(self._observe(name) for name in names))
+        present = {name: observation for name, observation in zip(names, observed, strict=True) if observation}
+        await self._refresh_forecasts(present)
+        decisions = [self._decide(name, observation) for name, observation in present.items()]
+        self.last_tick_at = time.monotonic()
+        return decisions
+
+    async def managed_services(self) -> list[str]:
+        configured = self.settings.scaling.services
+        return list(configured) if configured else [service.name for service in await self.target.list_services()]
+
+    def state(self, name: str) -> ServiceState:
+        state = self.services.get(name)
+        if state is None:
+            policy = ServicePolicy(name, self.config, startup_s=self.settings.scaling.startup_time.total_seconds())
+            history = DemandHistory(self.settings.scaling.forecast_step.total_seconds())
+            state = self.services[name] = ServiceState(policy, history)
+        return state
+
+    async def scale(self, service: str, action: str, replicas: int | None, reason: str) -> dict[str, Any]:
+        """``POST /scale``: after any scale of the service in progress, set the count or change the then-current one."""
+        state = self.state(service)
+        async with state.lock:
+            status = await self.target.service(service)
+            desired = target_count(action, replicas, status.replicas)
+            started = time.monotonic()
+            changed = await self.target.set_replicas(service, desired)
+            if desired > status.replicas:
+                await self._measure_startup(state, service, desired, started)
+        record = {
+            "service": service,
+            "source": "api",
+            "mode": self.settings.scaling.mode,
+            "current": status.replicas,
+            "desired": desired,
+            "applied": True,
+            "reason": reason,
+            "inputs": {"action": action, "replicas": replicas},
+        }
+        self.store.add(**record)
+        return {"previous": status.replicas, "replicas": desired, "status": changed}
+
+    async def _observe(self, name: str) -> Observation | None:
+        try:
+            observation, _ = await self._observer.observe(name)
+        except TmsopsError as error:
+            log.warning("cannot observe %s: %s", name, error.message)
+            return None
+        state = self.state(name)
+        if observation.demand is not None:
+            state.history.add(observation.at, observation.demand)
+        state.actuals.append(
+            {
+                "at": time.time(),
+                "demand": observation.demand,
+                "replicas": observation.replicas,
+                "cpu": observation.cpu_utilization,
+            }
+        )
+        return observation
+
+    async def _refresh_forecasts(self, present: dict[str, Observation]) -> None:
+        """One batched forecast for every service whose history gained a step since its last forecast."""
+        due = {}
+        for name in present:
+            state = self.state(name)
+            values = state.history.last(self.model.context)
+            if values is not None and state.history.step_end != state.forecast_origin:
+                due[name] = values
+        if not due:
+            return
+        series = [SeriesIn(id=name, values=values) for name, values in due.items()]
+        try:
+            forecasts = await self.models.forecast(series)
+        except TmsopsError as error:
+            self.model.error = error.message
+            for name in due:
+                self.state(name).forecast = None
+            if isinstance(error, ModelRequestError):
+                self.model.limits_known = False
+            return
+        self.model.error = None
+        for forecast in forecasts:
+            state = self.state(forecast.id)
+            origin = state.history.step_end or time.monotonic()
+            self.model.version = forecast.version
+            state.forecast_origin = state.history.step_end
+            state.forecast = ForecastView(
+                at=origin,
+                step_s=state.history.step_s,
+                p10=tuple(forecast.p10),
+                p50=tuple(forecast.p50),
+                p90=tuple(forecast.p90),
+            )
+
+    def _decide(self, name: str, observation: Observation) -> Decision:
+        state = self.state(name)
+        error = self.forecast_problem(state)
+        decision = state.policy.decide(observation, state.forecast if error is None else None, error)
+        state.decision = decision
+        busy = state.lock.locked()
+        act = self.acting and decision.desired != decision.current and not busy
+        record = self._record(decision, applied=False, busy=busy and decision.desired != decision.current)
+        if act:
+            task = asyncio.create_task(self._apply(state, decision, record))
+            self._actions.add(task)
+            task.add_done_callback(self._actions.discard)
+        else:
+            self.store.add(**record)
+        return decision
+
+    def forecast_problem(self, state: ServiceState) -> str | None:
+        if self.model.error is not None:
+            return f"model server: {self.model.error}"
+        if state.forecast is None:
+            needed = self.model.context - len(state.history.points)
+            return f"{needed} more steps of demand history needed" if needed > 0 else "no forecast yet"
+        return None
+
+    def _record(self, decision: Decision, *, applied: bool, busy: bool) -> dict[str, Any]:
+        reason = decision.reason + ("; not applied: a scale of this service is in progress" if busy else "")
+        if not self.acting and decision.desired != decision.current:
+            reason += "; forecastOnly: recommended, not applied"
+        state = self.services[decision.service]
+        forecast = state.forecast
+        return {
+            "service": decision.service,
+            "source": "loop",
+            "mode": self.settings.scaling.mode,
+            "current": decision.current,
+            "desired": decision.desired,
+            "reactive": decision.reactive,
+            "predictive": decision.predictive,
+            "applied": applied,
+            "fallback": decision.fallback,
+            "reason": reason,
+            "inputs": {
+                "actual": state.actuals[-1] if state.actuals else None,
+                "forecast_peak": decision.forecast_peak,
+                "capacity_per_replica": decision.capacity,
+                "lead_time_s": decision.lead_time_s,
+                "forecast_p50": list(forecast.p50) if forecast else None,
+                "forecast_p10": list(forecast.p10) if forecast else None,
+                "forecast_p90": list(forecast.p90) if forecast else None,
+            },
+        }
+
+    async def _apply(self, state: ServiceState, decision: Decision, record: dict[str, Any]) -> None:
+        async with state.lock:
+            started = time.monotonic()
+            try:
+                await self.target.set_replicas(decision.service, decision.desired)
+            except TmsopsError as error:
+                self.store.add(**{**record, "error": error.message})
+                log.warning("scaling %s to %d failed: %s", decision.service, decision.desired, error.message)
+                return
+            self.store.add(**{**record, "applied": True})
+            if decision.desired > decision.current:
+                await self._measure_startup(state, decision.service, decision.desired, started)
+
+    async def _measure_startup(self, state: ServiceState, service: str, replicas: int, started: float) -> None:
+        deadline = started + READY_WAIT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TmsopsError):
+                if (await self.target.service(service)).ready_replicas >= replicas:
+                    state.policy.record_startup(time.monotonic() - started)
+                    return
+            await asyncio.sleep(0.5)
+
+
+def target_count(action: str, replicas: int | None, current: int) -> int:
+    """``set`` to ``replicas``; ``scale_up`` / ``scale_down`` by ``replicas`` (default 1) from ``current``."""
+    step = replicas if replicas is not None else 1
+    if action == "set":
+        return step
+    return current + step if action == "scale_up" else current - step

@@ -1,0 +1,255 @@
+"""The scaling decision for one service at one moment: the code the live loop and the backtest share.
+
+Three answers are computed and combined:
+
+- **reactive**, the Kubernetes HPA rule: ``ceil(replicas x utilisation / target)`` for CPU and
+  for memory, the target being the ``scaleUp`` threshold. It scales up when utilisation is over
+  ``scaleUp`` by more than the tolerance (0.1), and down only when it is under ``scaleDown``, so
+  the two thresholds make a band where nothing moves. The largest answer wins; a missing
+  metric never votes for fewer replicas.
+- **predictive**: the peak of the forecast demand (p50, or p90 when configured) over the lead
+  time (the replicas' measured start-up time plus one interval: what is decided now is ready
+  then) divided by what one replica serves at the target utilisation, learned from history.
+- **decision**: ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight``,
+  never below the reactive answer while it asks for more replicas; then the scale-down
+  stabilisation window (the highest answer of the window wins, as in the HPA), the rate
+  policies per decision (up: +100% or +4 replicas, whichever is more; down: -100%, the HPA's
+  defaults), and ``minReplicas .. maxReplicas``.
+
+Without a usable forecast (model server down, an interval too wide, capacity not learned
+yet) the decision is the reactive one and says why (``fallback``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+Quantile = Literal["p50", "p90"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    cpu_scale_up: float = 70.0
+    cpu_scale_down: float = 30.0
+    memory_scale_up: float = 80.0
+    memory_scale_down: float = 40.0
+    tolerance: float = 0.1
+    min_replicas: int = 1
+    max_replicas: int = 10
+    prediction_weight: float = 0.3
+    quantile: Quantile = "p50"
+    interval_s: float = 15.0
+    stabilization_s: float = 300.0
+    max_interval_ratio: float = 2.0
+    scale_up_percent: float = 100.0
+    scale_up_pods: int = 4
+    scale_down_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What is known about the service now; utilisation in percent of the replicas' requests."""
+
+    at: float
+    replicas: int
+    cpu_utilization: float | None = None
+    memory_utilization: float | None = None
+    demand: float | None = None
+
+
+@dataclass(frozen=True)
+class ForecastView:
+    """Forecast demand for the next steps, ``step_s`` seconds apart, starting one step after ``at``."""
+
+    at: float
+    step_s: float
+    p10: tuple[float, ...]
+    p50: tuple[float, ...]
+    p90: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    service: str
+    at: float
+    current: int
+    desired: int
+    reactive: int
+    predictive: int | None
+    blended: int
+    fallback: str | None
+    reason: str
+    forecast_peak: float | None = None
+    capacity: float | None = None
+    lead_time_s: float | None = None
+
+    @property
+    def action(self) -> Literal["scale_up", "scale_down", "none"]:
+        if self.desired > self.current:
+            return "scale_up"
+        return "scale_down" if self.desired < self.current else "none"
+
+
+def reactive_desire(observation: Observation, config: PolicyConfig) -> tuple[int, str]:
+    """The HPA answer over CPU and memory, and which metric decided it."""
+    answers = [
+        _metric_desire(
+            "cpu", observation.cpu_utilization, config.cpu_scale_up, config.cpu_scale_down, observation, config
+        ),
+        _metric_desire(
+            "memory",
+            observation.memory_utilization,
+            config.memory_scale_up,
+            config.memory_scale_down,
+            observation,
+            config,
+        ),
+    ]
+    present = [answer for answer in answers if answer is not None]
+    if not present:
+        return observation.replicas, "no utilisation metric: keep the current count"
+    return max(present, key=lambda answer: answer[0])
+
+
+def _metric_desire(
+    name: str, utilization: float | None, up: float, down: float, observation: Observation, config: PolicyConfig
+) -> tuple[int, str] | None:
+    if utilization is None or math.isnan(utilization):
+        return None
+    replicas = max(observation.replicas, 1)
+    ratio = utilization / up
+    if ratio > 1 + config.tolerance:
+        return math.ceil(replicas * ratio), f"{name} {utilization:.0f}% over {up:.0f}%"
+    if utilization < down and ratio < 1 - config.tolerance:
+        return math.ceil(replicas * ratio), f"{name} {utilization:.0f}% under {down:.0f}%"
+    return observation.replicas, f"{name} {utilization:.0f}% within {down:.0f}..{up:.0f}%"
+
+
+def forecast_peak(forecast: ForecastView, now: float, lead_time_s: float, quantile: Quantile) -> float:
+    """The highest forecast demand from now until ``lead_time_s`` ahead (at least the next step)."""
+    values = forecast.p90 if quantile == "p90" else forecast.p50
+    horizon_end = now + lead_time_s
+    chosen = [value for step, value in enumerate(values, 1) if forecast.at + step * forecast.step_s <= horizon_end]
+    return max(chosen or [values[0]])
+
+
+def interval_too_wide(forecast: ForecastView, config: PolicyConfig) -> bool:
+    """True when the p10..p90 band is wider than ``max_interval_ratio`` times the p50 at some step."""
+    return any(
+        high - low > config.max_interval_ratio * max(mid, 1e-9)
+        for low, mid, high in zip(forecast.p10, forecast.p50, forecast.p90, strict=True)
+    )
+
+
+@dataclass
+class CapacityModel:
+    """Demand one replica serves at the CPU target, learned from observations (a running median)."""
+
+    target_utilization: float = 70.0
+    min_utilization: float = 5.0
+    window: int = 240
+    estimates: deque[float] = field(default_factory=lambda: deque(maxlen=240))
+
+    def observe(self, observation: Observation) -> None:
+        usage = observation.cpu_utilization
+        if not observation.demand or usage is None or usage < self.min_utilization or observation.replicas < 1:
+            return
+        self.estimates.append(observation.demand / observation.replicas * self.target_utilization / usage)
+
+    @property
+    def per_replica(self) -> float | None:
+        if len(self.estimates) < 3:
+            return None
+        ordered = sorted(self.estimates)
+        return ordered[len(ordered) // 2]
+
+
+@dataclass
+class ServicePolicy:
+    """The decision state of one service: learned capacity, start-up time, recent answers."""
+
+    name: str
+    config: PolicyConfig
+    capacity: CapacityModel = field(default_factory=CapacityModel)
+    startup_s: float = 30.0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+    last_change_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.capacity.target_utilization = self.config.cpu_scale_up
+
+    def record_startup(self, seconds: float) -> None:
+        """A measured start-up time (request to ready); a moving average of them sets the lead time."""
+        self.startup_s = 0.7 * self.startup_s + 0.3 * seconds
+
+    def decide(
+        self, observation: Observation, forecast: ForecastView | None, forecast_error: str | None = None
+    ) -> Decision:
+        self.capacity.observe(observation)
+        reactive, why = reactive_desire(observation, self.config)
+        lead_time_s = self.startup_s + self.config.interval_s
+        predictive, peak, fallback = self._predictive(observation, forecast, forecast_error, lead_time_s)
+        blended = self._blend(observation.replicas, reactive, predictive)
+        desired = self._bounded(observation, blended)
+        reason = self._reason(why, predictive, peak, fallback, blended, desired)
+        return Decision(
+            service=self.name,
+            at=observation.at,
+            current=observation.replicas,
+            desired=desired,
+            reactive=reactive,
+            predictive=predictive,
+            blended=blended,
+            fallback=fallback,
+            reason=reason,
+            forecast_peak=peak,
+            capacity=self.capacity.per_replica,
+            lead_time_s=lead_time_s,
+        )
+
+    def _predictive(
+        self, observation: Observation, forecast: ForecastView | None, error: str | None, lead_time_s: float
+    ) -> tuple[int | None, float | None, str | None]:
+        if forecast is None:
+            return None, None, error or "no forecast"
+        if interval_too_wide(forecast, self.config):
+            return None, None, "forecast interval too wide"
+        per_replica = self.capacity.per_replica
+        if per_replica is None or per_replica <= 0:
+            return None, None, "capacity per replica not learned yet"
+        peak = forecast_peak(forecast, observation.at, lead_time_s, self.config.quantile)
+        return max(1, math.ceil(peak / per_replica)), peak, None
+
+    def _blend(self, current: int, reactive: int, predictive: int | None) -> int:
+        if predictive is None:
+            return reactive
+        weight = self.config.prediction_weight
+        blended = math.ceil(weight * predictive + (1 - weight) * reactive - 1e-9)
+        return max(blended, reactive) if reactive > current else blended
+
+    def _bounded(self, observation: Observation, blended: int) -> int:
+        now, current, config = observation.at, observation.replicas, self.config
+        self.recent.append((now, blended))
+        while self.recent and self.recent[0][0] < now - config.stabilization_s:
+            self.recent.popleft()
+        desired = blended if blended >= current else min(current, max(value for _, value in self.recent))
+        up_limit = max(math.floor(current * (1 + config.scale_up_percent / 100)), current + config.scale_up_pods)
+        down_limit = math.ceil(current * (1 - config.scale_down_percent / 100))
+        desired = min(max(desired, down_limit), up_limit)
+        return min(max(desired, config.min_replicas), config.max_replicas)
+
+    @staticmethod
+    def _reason(
+        why: str, predictive: int | None, peak: float | None, fallback: str | None, blended: int, desired: int
+    ) -> str:
+        parts = [f"reactive: {why}"]
+        if predictive is not None and peak is not None:
+            parts.append(f"forecast peak {peak:.1f}/s needs {predictive}")
+        if fallback:
+            parts.append(f"reactive only ({fallback})")
+        if desired != blended:
+            parts.append(f"bounded to {desired} (stabilisation, rate or min/max)")
+        return "; ".join(parts)

@@ -1,0 +1,151 @@
+"""The scaling decision: the HPA rule, the forecast, the blend and the bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from actuators.autoscaler.history import DemandHistory
+from actuators.autoscaler.policy import (
+    CapacityModel,
+    ForecastView,
+    Observation,
+    PolicyConfig,
+    ServicePolicy,
+    forecast_peak,
+    reactive_desire,
+)
+
+CONFIG = PolicyConfig()
+
+
+def observe(replicas: int, cpu: float | None = None, memory: float | None = None, at: float = 0.0) -> Observation:
+    return Observation(at=at, replicas=replicas, cpu_utilization=cpu, memory_utilization=memory)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "cpu", "memory", "expected"),
+    [
+        (2, 140.0, None, 4),  # ceil(2 x 140 / 70)
+        (3, 75.0, None, 3),  # within the 10% tolerance of 70
+        (3, 80.0, None, 4),  # ceil(3 x 80 / 70)
+        (4, 50.0, None, 4),  # between scaleDown 30 and scaleUp 70: no change
+        (4, 20.0, None, 2),  # ceil(4 x 20 / 70)
+        (2, 20.0, 120.0, 3),  # memory over 80 wins: ceil(2 x 120 / 80)
+        (4, None, 20.0, 1),  # memory alone may scale down: ceil(4 x 20 / 80)
+        (4, None, None, 4),  # no metric: keep
+    ],
+)
+def test_the_reactive_answer_is_the_hpa_rule(
+    replicas: int, cpu: float | None, memory: float | None, expected: int
+) -> None:
+    assert reactive_desire(observe(replicas, cpu, memory), CONFIG)[0] == expected
+
+
+def test_a_missing_metric_never_votes_for_fewer_replicas() -> None:
+    answer, why = reactive_desire(observe(4, cpu=None, memory=50.0), CONFIG)
+    assert answer == 4
+    assert "memory 50% within 40..80%" in why
+
+
+def forecast(values: list[float], at: float = 0.0, step_s: float = 15.0, spread: float = 0.1) -> ForecastView:
+    return ForecastView(
+        at=at,
+        step_s=step_s,
+        p10=tuple(value * (1 - spread) for value in values),
+        p50=tuple(values),
+        p90=tuple(value * (1 + spread) for value in values),
+    )
+
+
+def learned(config: PolicyConfig = CONFIG, per_replica_at_70: float = 100.0) -> ServicePolicy:
+    """A policy that has seen a replica serve ``per_replica_at_70`` requests/s at 70% CPU."""
+    policy = ServicePolicy("svc", config, startup_s=30.0)
+    for step in range(5):
+        policy.capacity.observe(Observation(at=step, replicas=2, cpu_utilization=70.0, demand=2 * per_replica_at_70))
+    return policy
+
+
+def test_capacity_is_learned_from_demand_and_utilisation() -> None:
+    model = CapacityModel(target_utilization=70.0)
+    for _ in range(3):
+        model.observe(Observation(at=0, replicas=4, cpu_utilization=35.0, demand=200.0))
+    assert model.per_replica == pytest.approx(100.0)  # 50/s per replica at 35% -> 100/s at 70%
+
+
+def test_the_forecast_peak_covers_the_lead_time_only() -> None:
+    view = forecast([10, 20, 90, 30, 500], at=0.0, step_s=15.0)
+    assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p50") == 90  # steps at 15, 30, 45 s
+    assert forecast_peak(view, now=0.0, lead_time_s=5.0, quantile="p50") == 10  # at least the next step
+    assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p90") == pytest.approx(99.0)
+
+
+def test_a_forecast_of_more_demand_scales_up_before_utilisation_rises() -> None:
+    config = PolicyConfig(prediction_weight=1.0)
+    decision = learned(config).decide(observe(2, cpu=50.0, at=10), forecast([250.0] * 12, at=10))
+    assert (decision.reactive, decision.predictive, decision.desired) == (2, 3, 3)
+    assert decision.fallback is None and "forecast peak 250.0/s needs 3" in decision.reason
+
+
+def test_the_blend_never_goes_below_a_reactive_scale_up() -> None:
+    config = PolicyConfig(prediction_weight=1.0)
+    decision = learned(config).decide(observe(2, cpu=140.0, at=10), forecast([50.0] * 12, at=10))
+    assert (decision.reactive, decision.predictive, decision.desired) == (4, 1, 4)
+
+
+def test_the_blend_weights_the_forecast() -> None:
+    config = PolicyConfig(prediction_weight=0.3)
+    decision = learned(config).decide(observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10))
+    assert (decision.reactive, decision.predictive, decision.blended) == (2, 10, 5)  # ceil(0.3 x 10 + 0.7 x 2)
+
+
+@pytest.mark.parametrize(
+    ("view", "fallback"),
+    [
+        (None, "no forecast"),
+        (forecast([250.0] * 12, at=10, spread=1.5), "forecast interval too wide"),
+    ],
+)
+def test_without_a_usable_forecast_the_decision_is_reactive(view: ForecastView | None, fallback: str) -> None:
+    decision = learned(PolicyConfig(prediction_weight=1.0)).decide(observe(2, cpu=50.0, at=10), view)
+    assert (decision.desired, decision.predictive, decision.fallback) == (2, None, fallback)
+    assert f"reactive only ({fallback})" in decision.reason
+
+
+def test_an_unlearned_capacity_falls_back() -> None:
+    policy = ServicePolicy("svc", CONFIG)
+    decision = policy.decide(observe(2, cpu=50.0, at=10), forecast([250.0] * 12, at=10))
+    assert decision.fallback == "capacity per replica not learned yet"
+
+
+def test_scale_down_waits_for_the_stabilisation_window() -> None:
+    policy = ServicePolicy("svc", PolicyConfig(stabilization_s=300.0))
+    assert policy.decide(observe(6, cpu=70.0, at=0), None).desired == 6
+    assert policy.decide(observe(6, cpu=10.0, at=100), None).desired == 6  # 6 was asked for within 300 s
+    assert policy.decide(observe(6, cpu=10.0, at=301), None).desired == 1  # ceil(6 x 10 / 70)
+
+
+def test_rate_limits_and_bounds() -> None:
+    config = PolicyConfig(max_replicas=20, scale_up_pods=4, scale_up_percent=100.0)
+    assert ServicePolicy("svc", config).decide(observe(2, cpu=700.0), None).desired == 6  # +4 beats +100%
+    assert ServicePolicy("svc", config).decide(observe(8, cpu=700.0), None).desired == 16  # +100% beats +4
+    capped = PolicyConfig(max_replicas=5)
+    assert ServicePolicy("svc", capped).decide(observe(4, cpu=140.0), None).desired == 5
+    floored = PolicyConfig(min_replicas=2, stabilization_s=0.0)
+    assert ServicePolicy("svc", floored).decide(observe(4, cpu=1.0), None).desired == 2
+
+
+def test_the_start_up_time_sets_the_lead_time() -> None:
+    policy = ServicePolicy("svc", CONFIG, startup_s=30.0)
+    policy.record_startup(100.0)
+    assert policy.startup_s == pytest.approx(0.7 * 30 + 0.3 * 100)
+    assert policy.decide(observe(2, cpu=50.0), None).lead_time_s == pytest.approx(policy.startup_s + 15.0)
+
+
+def test_demand_history_averages_each_step_and_carries_gaps() -> None:
+    history = DemandHistory(step_s=10.0)
+    for at, demand in [(0, 10.0), (5, 20.0), (12, 30.0), (35, 40.0)]:
+        history.add(at, demand)
+    assert list(history.points) == [15.0, 30.0, 30.0]  # [0,10): mean 15; [10,20): 30; [20,30): empty, carried
+    assert history.last(2) == [30.0, 30.0] and history.last(4) is None
+    history.backfill([1.0, 2.0])
+    assert list(history.points) == [1.0, 2.0, 15.0, 30.0, 30.0]
