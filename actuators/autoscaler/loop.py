@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,7 @@ class Autoscaler:
         self.last_tick_at: float | None = None
         self._observer = Observer(target, metrics)
         self._actions: set[asyncio.Task[None]] = set()
+        self._measures: set[asyncio.Task[None]] = set()
 
     @property
     def acting(self) -> bool:
@@ -110,8 +112,14 @@ class Autoscaler:
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def close(self) -> None:
-        for task in list(self._actions):
+        """Let the changes in progress finish; stop measuring start-up times."""
+        await self.close_when_idle()
+        for task in list(self._measures):
             task.cancel()
+        await asyncio.gather(*self._measures, return_exceptions=True)
+
+    async def close_when_idle(self) -> None:
+        """Wait until no change decided by the loop is in progress."""
         await asyncio.gather(*self._actions, return_exceptions=True)
 
     async def refresh_model_limits(self) -> None:
@@ -157,8 +165,8 @@ class Autoscaler:
             desired = target_count(action, replicas, status.replicas)
             started = time.monotonic()
             changed = await self.target.set_replicas(service, desired)
-            if desired > status.replicas:
-                await self._measure_startup(state, service, desired, started)
+        if desired > status.replicas:
+            self._background(self._measure_startup(state, service, desired, started))
         record = {
             "service": service,
             "source": "api",
@@ -287,8 +295,13 @@ class Autoscaler:
                 log.warning("scaling %s to %d failed: %s", decision.service, decision.desired, error.message)
                 return
             self.store.add(**{**record, "applied": True})
-            if decision.desired > decision.current:
-                await self._measure_startup(state, decision.service, decision.desired, started)
+        if decision.desired > decision.current:
+            self._background(self._measure_startup(state, decision.service, decision.desired, started))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._measures.add(task)
+        task.add_done_callback(self._measures.discard)
 
     async def _measure_startup(self, state: ServiceState, service: str, replicas: int, started: float) -> None:
         deadline = started + READY_WAIT_S
