@@ -9,9 +9,13 @@ Three answers are computed and combined:
   metric never votes for fewer replicas.
 - **predictive**: the peak of the forecast demand (p50, or p90 when configured) over the lead
   time (the replicas' measured start-up time plus one interval: what is decided now is ready
-  then) divided by what one replica serves at the target utilisation, learned from history.
-- **decision**: ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight``,
-  never below the reactive answer while it asks for more replicas; then the scale-down
+  then; the first forecast step at or after it counts too) divided by what one replica serves
+  at the target utilisation, learned from history. A p10..p90 band wider than
+  ``max_interval_ratio`` times the p50 on those steps means the forecast is not used.
+- **decision**: the predictive answer in full when it asks for more than both the current and
+  the reactive counts (acting early is what the forecast is for); otherwise
+  ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight``, never below the
+  reactive answer while it asks for more replicas; then the scale-down
   stabilisation window (the highest answer of the window wins, as in the HPA), the rate
   policies per decision (up: +100% or +4 replicas, whichever is more; down: -100%, the HPA's
   defaults), and ``minReplicas .. maxReplicas``.
@@ -128,20 +132,28 @@ def _metric_desire(
     return observation.replicas, f"{name} {utilization:.0f}% within {down:.0f}..{up:.0f}%"
 
 
-def forecast_peak(forecast: ForecastView, now: float, lead_time_s: float, quantile: Quantile) -> float:
-    """The highest forecast demand from now until ``lead_time_s`` ahead (at least the next step)."""
-    values = forecast.p90 if quantile == "p90" else forecast.p50
+def steps_used(forecast: ForecastView, now: float, lead_time_s: float) -> int:
+    """How many forecast steps reach the lead time: every step before it, and the first at or after it.
+
+    The demand when replicas asked for now are ready lies between two steps; both count.
+    """
     horizon_end = now + lead_time_s
-    chosen = [value for step, value in enumerate(values, 1) if forecast.at + step * forecast.step_s <= horizon_end]
-    return max(chosen or [values[0]])
+    for step in range(1, len(forecast.p50) + 1):
+        if forecast.at + step * forecast.step_s >= horizon_end:
+            return step
+    return len(forecast.p50)
 
 
-def interval_too_wide(forecast: ForecastView, config: PolicyConfig) -> bool:
-    """True when the p10..p90 band is wider than ``max_interval_ratio`` times the p50 at some step."""
-    return any(
-        high - low > config.max_interval_ratio * max(mid, 1e-9)
-        for low, mid, high in zip(forecast.p10, forecast.p50, forecast.p90, strict=True)
-    )
+def forecast_peak(forecast: ForecastView, now: float, lead_time_s: float, quantile: Quantile) -> float:
+    """The highest forecast demand over the steps that reach the lead time."""
+    values = forecast.p90 if quantile == "p90" else forecast.p50
+    return max(values[: steps_used(forecast, now, lead_time_s)])
+
+
+def interval_too_wide(forecast: ForecastView, config: PolicyConfig, steps: int | None = None) -> bool:
+    """True when the p10..p90 band is wider than ``max_interval_ratio`` times the p50 at a step used."""
+    bands = zip(forecast.p10, forecast.p50, forecast.p90, strict=True)
+    return any(high - low > config.max_interval_ratio * max(mid, 1e-9) for low, mid, high in list(bands)[:steps])
 
 
 @dataclass
@@ -215,7 +227,7 @@ class ServicePolicy:
     ) -> tuple[int | None, float | None, str | None]:
         if forecast is None:
             return None, None, error or "no forecast"
-        if interval_too_wide(forecast, self.config):
+        if interval_too_wide(forecast, self.config, steps_used(forecast, observation.at, lead_time_s)):
             return None, None, "forecast interval too wide"
         per_replica = self.capacity.per_replica
         if per_replica is None or per_replica <= 0:
@@ -224,8 +236,12 @@ class ServicePolicy:
         return max(1, math.ceil(peak / per_replica)), peak, None
 
     def _blend(self, current: int, reactive: int, predictive: int | None) -> int:
+        """A forecast that asks for more than both counts is taken in full (scaling up early is its point);
+        otherwise the weighted blend, never below a reactive scale-up."""
         if predictive is None:
             return reactive
+        if predictive > max(current, reactive):
+            return predictive
         weight = self.config.prediction_weight
         blended = math.ceil(weight * predictive + (1 - weight) * reactive - 1e-9)
         return max(blended, reactive) if reactive > current else blended

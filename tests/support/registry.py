@@ -27,20 +27,23 @@ def synthetic(n: int = 1200, seed: int = 0) -> list[Series]:
     ]
 
 
-def register_champions(root: Path, *, seed: int = 0, epochs: int = 2) -> str:
-    """Train tiny models, log and register them in ``root/mlflow.db`` as champions; returns the URI."""
+def register_champions(
+    root: Path, *, seed: int = 0, epochs: int = 2, series: list[Series] | None = None, hidden: int = 16
+) -> str:
+    """Train tiny models (on ``series``, by default :func:`synthetic`), log and register them in
+    ``root/mlflow.db`` as champions; returns the URI."""
     import mlflow
 
     from training.model_logging import log_models, register_models
 
-    series = synthetic(seed=seed)
+    series = series or synthetic(seed=seed)
     prepared = Prepared(series, [len(item) for item in series])
     values, stamps = prepared.values, prepared.timestamps
     forecaster, _ = fit_forecaster(
         values,
         stamps,
         [len(v) for v in values],
-        ForecasterConfig(context=CONTEXT, horizon=HORIZON, hidden=16, layers=1, epochs=epochs, seed=seed),
+        ForecasterConfig(context=CONTEXT, horizon=HORIZON, hidden=hidden, layers=1, epochs=epochs, seed=seed),
         progress=False,
     )
     detector, _ = fit_detector(values, DetectorConfig(epochs=2, seed=seed), progress=False)

@@ -72,9 +72,10 @@ def test_capacity_is_learned_from_demand_and_utilisation() -> None:
     assert model.per_replica == pytest.approx(100.0)  # 50/s per replica at 35% -> 100/s at 70%
 
 
-def test_the_forecast_peak_covers_the_lead_time_only() -> None:
+def test_the_forecast_peak_covers_the_steps_that_reach_the_lead_time() -> None:
     view = forecast([10, 20, 90, 30, 500], at=0.0, step_s=15.0)
     assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p50") == 90  # steps at 15, 30, 45 s
+    assert forecast_peak(view, now=0.0, lead_time_s=40.0, quantile="p50") == 90  # and the first at or after 40 s
     assert forecast_peak(view, now=0.0, lead_time_s=5.0, quantile="p50") == 10  # at least the next step
     assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p90") == pytest.approx(99.0)
 
@@ -92,10 +93,16 @@ def test_the_blend_never_goes_below_a_reactive_scale_up() -> None:
     assert (decision.reactive, decision.predictive, decision.desired) == (4, 1, 4)
 
 
-def test_the_blend_weights_the_forecast() -> None:
+def test_a_forecast_above_both_counts_is_taken_in_full() -> None:
     config = PolicyConfig(prediction_weight=0.3)
     decision = learned(config).decide(observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10))
-    assert (decision.reactive, decision.predictive, decision.blended) == (2, 10, 5)  # ceil(0.3 x 10 + 0.7 x 2)
+    assert (decision.reactive, decision.predictive, decision.blended) == (2, 10, 10)
+
+
+def test_a_forecast_of_less_demand_is_blended_by_the_weight() -> None:
+    config = PolicyConfig(prediction_weight=0.3)
+    decision = learned(config).decide(observe(6, cpu=50.0, at=10), forecast([150.0] * 12, at=10))
+    assert (decision.reactive, decision.predictive, decision.blended) == (6, 2, 5)  # ceil(0.3 x 2 + 0.7 x 6)
 
 
 @pytest.mark.parametrize(
