@@ -1,0 +1,166 @@
+"""Live on the local fleet, a replayed daily ramp: predictive scaling acts before the demand crosses capacity.
+
+A "day" here is 48 steps of 0.5 s (the test forecaster's context): a low demand, a ramp to
+ten times as much, a plateau, back down. The forecaster is trained on such days, as a
+user's would be on their own history. Day one fills the autoscaler's history; on day two
+the predictive loop must add a replica at least one measured start-up time before the
+demand crosses what one replica serves at the CPU target, and the reactive loop (the HPA
+rule alone) only after it. Then, with the model server gone, the loop carries on
+reactively and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from support.model_server import model_server
+from support.registry import register_champions
+
+from actuators.autoscaler.loop import Autoscaler
+from actuators.autoscaler.records import DecisionRecord, DecisionStore
+from tmsops.fleet.supervisor import Fleet
+from tmsops.model_client import ModelClient
+from tmsops.settings import AutoscalerSettings, FleetConfig, FleetService
+from tmsops.state import make_engine
+from training.series import Series
+
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("autoscaler-ramp")]
+PERIOD = 48
+STEP_S = 0.5
+BASE_RPS, PEAK_RPS = 4.0, 40.0
+RAMP_START, RAMP_END, PLATEAU_END = 30, 42, 46
+DAY_TWO_END = PERIOD + PLATEAU_END
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def profile(step: int) -> float:
+    """Requests/s at ``step`` of the daily pattern."""
+    phase = step % PERIOD
+    if RAMP_START <= phase < RAMP_END:
+        return BASE_RPS + (PEAK_RPS - BASE_RPS) * (phase - RAMP_START + 1) / (RAMP_END - RAMP_START)
+    return PEAK_RPS if RAMP_END <= phase < PLATEAU_END else BASE_RPS
+
+
+def training_days(days: int = 30) -> list[Series]:
+    rng = np.random.default_rng(7)
+    steps = np.arange(days * PERIOD)
+    stamps = np.datetime64("2026-01-05", "ns") + steps * np.timedelta64(5, "m")
+    pattern = np.array([profile(int(step)) for step in steps])
+    return [
+        Series(f"svc/{name}", stamps, scale * pattern + rng.normal(0, noise, len(steps)), "requests_per_s")
+        for name, scale, noise in (("orders", 1.0, 0.8), ("tracking", 2.5, 2.0), ("billing", 0.5, 0.4))
+    ]
+
+
+@pytest.fixture(scope="module")
+def ramp_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("ramp-registry")
+    uri = register_champions(root, series=training_days(), epochs=40, hidden=64)
+    with model_server(uri, root / "serve.log") as base:
+        yield base
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Run:
+    started_wall: float
+    records: list[DecisionRecord]
+    capacity: float | None
+    startup_s: float
+
+    def crossing_at(self) -> float:
+        """Wall time at which day two's demand first exceeds what one replica serves at the CPU target."""
+        assert self.capacity is not None, "the loop never learned a replica's capacity"
+        step = next(step for step in range(PERIOD, DAY_TWO_END) if profile(step) > self.capacity)
+        return self.started_wall + step * STEP_S
+
+    def first_scale_up_on_day_two(self) -> float:
+        day_two = self.started_wall + (PERIOD + RAMP_START - 10) * STEP_S
+        ups = [
+            record.at.timestamp()
+            for record in self.records
+            if record.applied and record.desired > record.current and record.at.timestamp() >= day_two
+        ]
+        assert ups, "no scale-up on day two"
+        return min(ups)
+
+
+async def replay(port: int, started: float) -> None:
+    """Requests evenly spaced at the pattern's rate, open loop, until the end of day two's plateau."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        pending = []
+        next_at = started
+        while (step := int((next_at - started) / STEP_S)) < DAY_TWO_END:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            pending.append(asyncio.create_task(client.get(f"/tracking/{len(pending) + 1}")))
+            next_at += 1 / profile(step)
+        answers = await asyncio.gather(*pending, return_exceptions=True)
+    failed = [answer for answer in answers if isinstance(answer, Exception) or answer.status_code != 200]
+    assert len(failed) <= len(answers) * 0.05, failed[:3]
+
+
+async def run_day_two(tmp_path: Path, model_url: str, weight: float) -> Run:
+    tracking = FleetService(
+        command=["{python}", "-m", "tmsops.demo.tracking"],
+        port=free_port(),
+        env={"CPU_MS": "5", "SERVICE_TIME_MS": "10", "SERVICE_TIME_SIGMA": "0"},
+        max_replicas=6,
+        cpu_request="100m",
+    )
+    fleet = Fleet(FleetConfig(services={"tracking": tracking}, usage_interval=0.25), state_dir=tmp_path)
+    scaling = {
+        "mode": "forecastAndScale",
+        "interval": STEP_S,
+        "forecastStep": STEP_S,
+        "predictionWeight": weight,
+        "stabilizationWindow": 5,
+        "maxReplicas": 6,
+        "startupTime": 2,
+    }
+    settings = AutoscalerSettings(state_dir=tmp_path, model_server_url=model_url, scaling=scaling)
+    store = DecisionStore(make_engine(f"sqlite:///{tmp_path / 'decisions.db'}"))
+    await fleet.start()
+    async with ModelClient(model_url, retries=1) as models:
+        scaler = Autoscaler(settings, fleet, models, store)
+        started, started_wall = time.monotonic(), time.time()
+        loop = asyncio.create_task(scaler.run())
+        try:
+            await replay(tracking.port, started)
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await scaler.close()
+            await fleet.stop()
+    policy = scaler.state("tracking").policy
+    return Run(started_wall, store.recent(limit=10_000), policy.capacity.per_replica, policy.startup_s)
+
+
+async def test_predictive_scales_a_start_up_time_before_the_ramp_crosses_capacity_and_reactive_after(
+    ramp_models: str, tmp_path: Path
+) -> None:
+    predictive = await run_day_two(tmp_path / "predictive", ramp_models, weight=1.0)
+    reactive = await run_day_two(tmp_path / "reactive", ramp_models, weight=0.0)
+
+    crossing = predictive.crossing_at()
+    assert predictive.first_scale_up_on_day_two() <= crossing - predictive.startup_s
+    assert reactive.first_scale_up_on_day_two() > reactive.crossing_at()
+    forecast_used = [record for record in predictive.records if record.predictive is not None]
+    assert forecast_used and not math.isnan(forecast_used[0].inputs["forecast_peak"])
