@@ -14,6 +14,7 @@ import typer
 
 from tmsops.errors import TmsopsError
 from tmsops.fleet.cli import app as fleet_commands
+from tmsops.loadgen_cli import app as load_commands
 
 
 def build_app() -> typer.Typer:
@@ -24,6 +25,7 @@ def build_app() -> typer.Typer:
         help="tmsops: forecast-driven autoscaling, verified optimisation and safeguarded chaos.",
     )
     app.add_typer(fleet_commands, name="fleet")
+    app.add_typer(load_commands, name="load")
     for entry in sorted(entry_points(group="tmsops.commands"), key=lambda item: item.name):
         app.add_typer(entry.load(), name=entry.name)
     return app
