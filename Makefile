@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run train summary serve mlflow-ui test lint typecheck imports unit integration bench clean
+.PHONY: help install run up train summary serve mlflow-ui test lint typecheck imports unit integration bench clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,13 +24,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install tmsops with its dependencies (idempotent)
 
-run: install train summary serve ## install, train (dvc repro), print the registered models, start the model server
+run: install train summary up ## install, train (dvc repro), print the models, start the model server, fleet and autoscaler
 
 train: install ## run the retraining pipeline; stages whose inputs did not change are skipped
 	$(BIN)/dvc repro
 
 summary: install ## print the registered models and where to open the MLflow UI
 	@$(PY) -m training.summary
+
+up: install ## start the model server, the local fleet and the autoscaler; Ctrl-C stops them all
+	$(BIN)/tmsops up
 
 serve: install ## start the model server (BentoML) on http://127.0.0.1:3000; Ctrl-C stops it
 	$(PY) -m serving

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -24,11 +26,24 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         help="tmsops: forecast-driven autoscaling, verified optimisation and safeguarded chaos.",
     )
+    app.command("up")(up_command)
     app.add_typer(fleet_commands, name="fleet")
     app.add_typer(load_commands, name="load")
     for entry in sorted(entry_points(group="tmsops.commands"), key=lambda item: item.name):
         app.add_typer(entry.load(), name=entry.name)
     return app
+
+
+def up_command(
+    config: Annotated[
+        Path | None, typer.Option(help="settings file (default: $TMSOPS_CONFIG or ./tmsops.yaml)")
+    ] = None,
+) -> None:
+    """Start the model server, the local fleet and the autoscaler; print their URLs; Ctrl-C stops all."""
+    from tmsops.settings import CoreSettings, FleetSettings, load_settings
+    from tmsops.up import up
+
+    up(load_settings(CoreSettings, config), load_settings(FleetSettings, config))
 
 
 def app() -> None:
