@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tmsops.fleet.fault_worker import FILL_PREFIX
+from tmsops.fleet.proxy import MAX_BODY_BYTES
 from tmsops.fleet.supervisor import Fleet
 from tmsops.settings import FleetConfig, FleetService, SettingsError
 from tmsops.targets.base import (
@@ -296,3 +297,17 @@ async def test_stopping_the_fleet_leaves_no_process(tmp_path: Path) -> None:
     assert len({child.pid for child in our_children()} - before) >= 4
     await fleet.stop()
     assert {child.pid for child in our_children()} <= before
+
+
+async def test_the_proxy_answers_bad_requests_itself(fleet: Fleet) -> None:
+    port = fleet.config.services["echo"].port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"NOT A REQUEST\r\n\r\n")
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400")
+    async with httpx.AsyncClient() as client:
+        too_big = await client.post(url(fleet, "/echo"), content=b"x" * (MAX_BODY_BYTES + 1))
+        head = await client.head(url(fleet, "/bytes?n=1234"))
+    assert too_big.status_code == 413
+    assert (head.status_code, head.headers["content-length"]) == (200, "1234")

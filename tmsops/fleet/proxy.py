@@ -222,7 +222,12 @@ class ServiceProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
-            exchange = await _read_request(conn, reader)
+            try:
+                exchange = await _read_request(conn, reader)
+            except h11.RemoteProtocolError as error:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await _send_error(conn, writer, error.error_status_hint, f"{self.service}: {error}")
+                return
             if exchange is None:
                 return
             keep_open = await self._answer(conn, writer, exchange)
@@ -265,7 +270,8 @@ class ServiceProxy:
                 return await _send_error(conn, writer, 502, f"{self.service}: {failure}"), True
             except TimeoutError:
                 return await _send_error(conn, writer, 504, f"{self.service}: replica {backend.id} timed out"), True
-            await _send_response(conn, writer, response, body, effects.rate_bytes_per_s)
+            head = exchange.request.method == b"HEAD"
+            await _send_response(conn, writer, response, body, effects.rate_bytes_per_s, head=head)
             return response.status_code, True
 
     async def _pick(self, tried: set[str]) -> Backend | None:
@@ -400,8 +406,13 @@ async def _send_response(
     upstream_response: h11.Response,
     body: bytes,
     rate_bytes_per_s: float | None,
+    *,
+    head: bool = False,
 ) -> None:
-    headers = [*_end_to_end(upstream_response.headers), (b"content-length", str(len(body)).encode())]
+    """The replica's answer to the client; to a HEAD request with the replica's own Content-Length."""
+    length = [(name, value) for name, value in upstream_response.headers if name.lower() == b"content-length"]
+    framing = length if head else [(b"content-length", str(len(body)).encode())]
+    headers = [*_end_to_end(upstream_response.headers), *framing]
     writer.write(conn.send(h11.Response(status_code=upstream_response.status_code, headers=headers)) or b"")
     if body:
         payload = conn.send(h11.Data(data=body)) or b""
