@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install tmsops with its dependencies (idempotent)
 
-run: install train summary up ## install, train (dvc repro), print the models, start the model server, fleet and autoscaler
+run: install train summary up ## install, train (dvc repro), print the models, start the platform (tmsops up)
 
 train: install ## run the retraining pipeline; stages whose inputs did not change are skipped
 	$(BIN)/dvc repro
@@ -32,7 +32,7 @@ train: install ## run the retraining pipeline; stages whose inputs did not chang
 summary: install ## print the registered models and where to open the MLflow UI
 	@$(PY) -m training.summary
 
-up: install ## start the model server, the local fleet and the autoscaler; Ctrl-C stops them all
+up: install ## start the model server, the local fleet, the autoscaler and chaos; Ctrl-C stops them all
 	$(BIN)/tmsops up
 
 serve: install ## start the model server (BentoML) on http://127.0.0.1:3000; Ctrl-C stops it

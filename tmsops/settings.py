@@ -158,6 +158,8 @@ class SafetySettings(Section):
     blast_radius_limit: Percent = 25
     auto_rollback: bool = True
     emergency_stop: bool = True
+    allow_services: list[str] | None = Field(None, description="only these services (unset: every service)")
+    deny_services: list[str] = []
 
 
 def parse_bytes(value: object) -> object:

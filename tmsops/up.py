@@ -1,5 +1,7 @@
 """``tmsops up``: start the platform's processes, wait until each is healthy, print where they are.
 
+The parts: the model server, the local fleet, the autoscaler and the chaos service.
+
 The processes start in order (the model server first: the services call it), each in its own
 process group with its output in ``<stateDir>/logs/<name>.log``. A process that exits or is
 not healthy in time stops the start-up: what was started is stopped again and the error
@@ -50,6 +52,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
     model_server = settings.model_server_url.rstrip("/")
     control = f"http://{host}:{fleet.fleet.control_port}"
     autoscaler = f"http://{host}:{settings.ports.autoscaler}"
+    chaos = f"http://{host}:{settings.ports.chaos}"
     return [
         Part("model server", [python, "-m", "serving"], f"{model_server}/readyz", 300.0, f"{model_server}/docs"),
         Part("fleet", [python, "-m", "tmsops.fleet", "run"], f"{control}/health", 120.0, f"{control}/docs"),
@@ -60,6 +63,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
             60.0,
             f"{autoscaler}/dashboard",
         ),
+        Part("chaos", [python, "-m", "chaos"], f"{chaos}/health", 60.0, f"{chaos}/dashboard"),
     ]
 
 
