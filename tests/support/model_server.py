@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from tmsops.fleet.replica import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 BENTOML = Path(sys.executable).parent / "bentoml"
@@ -48,6 +51,8 @@ def start(tracking_uri: str, port: int, log: Path, **settings: str) -> subproces
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # The server (and with it its workers) gets SIGTERM if the test process dies.
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
 
