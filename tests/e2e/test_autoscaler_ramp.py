@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from support.model_server import model_server
+from support.net import free_port
 from support.registry import register_champions
 
 from actuators.autoscaler.loop import Autoscaler
@@ -39,11 +39,6 @@ STEP_S = 0.5
 BASE_RPS, PEAK_RPS = 4.0, 40.0
 RAMP_START, RAMP_END, PLATEAU_END = 30, 42, 46
 DAY_TWO_END = PERIOD + PLATEAU_END
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def profile(step: int) -> float:
@@ -71,12 +66,6 @@ def ramp_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = register_champions(root, series=training_days(), epochs=40, hidden=64)
     with model_server(uri, root / "serve.log") as base:
         yield base
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support.net import free_port
 
 from actuators.autoscaler.loop import Autoscaler
 from actuators.autoscaler.service import build_app
@@ -23,17 +23,6 @@ from tmsops.fleet.supervisor import Fleet
 from tmsops.settings import AutoscalerSettings, FleetConfig, FleetService
 
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("model-server")]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -22,11 +22,6 @@ NS = "shop"
 CART = {"name": "cart", "image": "tms/cart:1", "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from test_chaos_fixtures import (
+from support.chaos_env import (
     ChaosEnv,
     chaos_on,
     echo_service,

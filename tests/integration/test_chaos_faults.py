@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from test_chaos_fixtures import ChaosEnv, chaos_env, chaos_on, free_port, http_probe, wait_for
+from support.chaos_env import ChaosEnv, chaos_env, chaos_on, free_port, http_probe, wait_for
 
 from tmsops.fleet.fault_worker import FILL_PREFIX
 from tmsops.fleet.supervisor import Fleet

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client import ApiClient, Configuration
+from support.chaos_env import ChaosEnv, chaos_on, latency_experiment
 from support.fake_kube import FakeKube, fake_kube
-from test_chaos_fixtures import ChaosEnv, chaos_on, latency_experiment
 
 from tmsops.settings import KubernetesTargetSettings
 from tmsops.targets.kubernetes import KubernetesTarget
 
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("chaos")]
 PART_OF = {"app.kubernetes.io/part-of": "tms"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from test_chaos_fixtures import (
+from support.chaos_env import (
     Gate,
     chaos_on,
     echo_service,
@@ -42,11 +42,6 @@ from tmsops.targets.model import Fault, FaultRequest, FaultState, NetworkLatency
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("chaos")]
 START_LINE = "tmsops chaos: http://"
 RECOVERY_DEADLINE_S = 5.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from support.net import free_port
 
 from tmsops.fleet.fault_worker import FILL_PREFIX
 from tmsops.fleet.proxy import MAX_BODY_BYTES
@@ -30,17 +31,6 @@ from tmsops.targets.model import FaultRequest, FaultState, Resources
 
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("fleet")]
 ECHO = ["{python}", "-m", "tmsops.fleet.echo"]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def echo_service(**overrides: object) -> FleetService:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from support.net import free_port
 
 from tmsops.app import api_routes
 from tmsops.audit import AuditQuery
@@ -24,17 +24,6 @@ from tmsops.targets.fleet import FleetTarget
 from tmsops.targets.model import FaultRequest, FaultState, Resources
 
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("fleet")]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

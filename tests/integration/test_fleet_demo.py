@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -11,23 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.net import free_port
 
 from tmsops.fleet.supervisor import Fleet
 from tmsops.settings import FleetConfig, demo_fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("fleet")]
 RATE_RPS = 40
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 from conftest import find_prometheus, start_prometheus, stop_process
+from support.net import free_port
 
 from tmsops.fleet.api import build_app
 from tmsops.metrics_source import MetricsUnavailable, PrometheusSource, ServiceSnapshot
@@ -23,17 +23,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("fleet")]
 RATE_RPS = 20
 SLEEP_MS = 30  # each echo answer takes 30 ms: its latency falls in the (25 ms, 50 ms] bucket
 WINDOW = timedelta(seconds=10)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

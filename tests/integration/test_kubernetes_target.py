@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, Configuration
 from support.fake_kube import FakeKube, fake_kube
+from support.net import free_port
 
 from tmsops.settings import KubernetesTargetSettings
 from tmsops.targets import kubernetes_chaos
@@ -68,11 +68,6 @@ CHECKOUT_CONTAINERS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def seed(kube: FakeKube) -> None:
     cart_annotations = {
         "tmsops.io/min-replicas": "1",
@@ -114,12 +109,6 @@ def target(kube: FakeKube) -> Iterator[KubernetesTarget]:
     made, client = make_target(kube.url)
     yield made
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- services -----------------------------------------------------------------------------------

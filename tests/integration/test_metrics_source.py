@@ -33,11 +33,6 @@ _STARTUP_DEADLINE_S = 60.0
 ORDERS = SERVICES["orders"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _start_fleet_exporter(tmp: Path) -> tuple[subprocess.Popen[str], int]:
     log = tmp / "fleet-exporter.log"
     process = spawn([sys.executable, fleet_exporter.__file__], log, capture_stdout=True)

@@ -27,11 +27,6 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 SERIES = SeriesIn(id="svc/cpu", values=[40.0 + (i % 12) for i in range(CONTEXT + 12)], start=START, step_s=300)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class CountingTransport(httpx.AsyncHTTPTransport):
     """The real HTTP transport, counting the requests the client sends."""
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from support.net import free_port
 
 from tmsops.up import Part, StartUpFailed, running
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_part(name: str) -> Part:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,11 @@ from pathlib import Path
 
 import httpx
 
+from support.net import free_port
 from tmsops.fleet.replica import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 BENTOML = Path(sys.executable).parent / "bentoml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:

@@ -34,11 +34,6 @@ from tmsops.settings import CoreSettings
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- templates ---------------------------------------------------------------------------------
 
 

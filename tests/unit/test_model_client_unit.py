@@ -36,11 +36,6 @@ UNPROCESSABLE = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Script:
     """A fake model server: answers requests from a list of responses (the last one repeats)."""
 

@@ -8,7 +8,6 @@ free port, acting on that fleet. Tokens of each scope are issued in the shared s
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from fastapi import FastAPI
 
 from chaos.runner import Runner
 from chaos.service import build_app
+from support.net import free_port
 from tmsops.audit import AuditEntry, AuditQuery
 from tmsops.auth import Scope, service_token
 from tmsops.fleet.supervisor import Fleet
@@ -32,12 +32,6 @@ from tmsops.targets.model import Fault, FaultState
 ECHO = ["{python}", "-m", "tmsops.fleet.echo"]
 FINAL = ("completed", "deviated", "aborted", "failed")
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager
