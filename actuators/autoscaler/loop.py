@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from actuators.autoscaler.history import DemandHistory
@@ -264,6 +265,7 @@ class Autoscaler:
         state = self.services[decision.service]
         forecast = state.forecast
         return {
+            "at": datetime.now(UTC),
             "service": decision.service,
             "source": "loop",
             "mode": self.settings.scaling.mode,

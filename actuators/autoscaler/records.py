@@ -1,8 +1,9 @@
 """Every scaling decision with its inputs and reason, in the state store (SQLite by default).
 
 A record is written for every decision, acted on or not: the loop's (``source`` ``loop``)
-and the ones asked through ``POST /scale`` (``source`` ``api``). ``applied`` says whether the
-target was changed, ``error`` why a change failed.
+and the ones asked through ``POST /scale`` (``source`` ``api``). ``at`` is when the decision
+was made (a scale-up is written once the target has done it, with the decision's time);
+``applied`` says whether the target was changed, ``error`` why a change failed.
 """
 
 from __future__ import annotations

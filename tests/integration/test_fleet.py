@@ -187,6 +187,8 @@ async def test_faults_the_service_cannot_take_are_refused(fleet: Fleet) -> None:
 
 
 async def test_cpu_stress_shows_in_usage_and_its_workers_end(fleet: Fleet) -> None:
+    await asyncio.sleep(1.0)
+    idle = (await fleet.usage("echo")).cpu_cores
     fault = await fleet.inject(FaultRequest(service="echo", fault={"type": "cpu_stress", "load_percent": 80}, ttl_s=30))
     workers = [
         worker.pid for replica in fleet._group("echo").replicas.values() for worker in replica.fault_workers[fault.id]
@@ -194,7 +196,7 @@ async def test_cpu_stress_shows_in_usage_and_its_workers_end(fleet: Fleet) -> No
     await asyncio.sleep(2.0)
     busy = (await fleet.usage("echo")).cpu_cores
     await fleet.revert(fault.id)
-    assert busy > 0.3
+    assert busy > idle + 0.1  # an 80% worker on a replica that does nothing, on a machine that may be busy
     assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
