@@ -15,7 +15,7 @@ Three answers are computed and combined:
 - **decision**: the predictive answer in full when it asks for more than both the current and
   the reactive counts (acting early is what the forecast is for); otherwise
   ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight``, never below the
-  reactive answer while it asks for more replicas; then the scale-down
+  reactive answer while it asks for more replicas (``w = 0`` leaves the forecast out); then the scale-down
   stabilisation window (the highest answer of the window wins, as in the HPA), the rate
   policies per decision (up: +100% or +4 replicas, whichever is more; down: -100%, the HPA's
   defaults), and ``minReplicas .. maxReplicas``.
@@ -238,11 +238,11 @@ class ServicePolicy:
     def _blend(self, current: int, reactive: int, predictive: int | None) -> int:
         """A forecast that asks for more than both counts is taken in full (scaling up early is its point);
         otherwise the weighted blend, never below a reactive scale-up."""
-        if predictive is None:
+        weight = self.config.prediction_weight
+        if predictive is None or weight <= 0:
             return reactive
         if predictive > max(current, reactive):
             return predictive
-        weight = self.config.prediction_weight
         blended = math.ceil(weight * predictive + (1 - weight) * reactive - 1e-9)
         return max(blended, reactive) if reactive > current else blended
 

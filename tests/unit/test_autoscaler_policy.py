@@ -156,3 +156,10 @@ def test_demand_history_averages_each_step_and_carries_gaps() -> None:
     assert history.last(2) == [30.0, 30.0] and history.last(4) is None
     history.backfill([1.0, 2.0])
     assert list(history.points) == [1.0, 2.0, 15.0, 30.0, 30.0]
+
+
+def test_a_weight_of_zero_leaves_the_forecast_out() -> None:
+    decision = learned(PolicyConfig(prediction_weight=0.0)).decide(
+        observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10)
+    )
+    assert (decision.predictive, decision.desired) == (10, 2)
