@@ -111,7 +111,7 @@ class ScalingSettings(Section):
     memory_thresholds: MemoryThresholds = MemoryThresholds()
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(10, ge=1)
-    prediction_weight: float = Field(0.3, ge=0, le=1)
+    prediction_weight: float = Field(1.0, ge=0, le=1)
     mode: Literal["forecastOnly", "forecastAndScale"] = "forecastOnly"
     interval: Duration = timedelta(seconds=15)
     forecast_step: Duration = timedelta(minutes=5)

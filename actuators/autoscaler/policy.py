@@ -7,18 +7,31 @@ Three answers are computed and combined:
   ``scaleUp`` by more than the tolerance (0.1), and down only when it is under ``scaleDown``, so
   the two thresholds make a band where nothing moves. The largest answer wins; a missing
   metric never votes for fewer replicas.
-- **predictive**: the peak of the forecast demand (p50, or p90 when configured) over the lead
-  time (the replicas' measured start-up time plus one interval: what is decided now is ready
-  then; the first forecast step at or after it counts too) divided by what one replica serves
-  at the target utilisation, learned from history. A p10..p90 band wider than
-  ``max_interval_ratio`` times the p50 on those steps means the forecast is not used.
+- **predictive**: enough replicas, ready at the end of the lead time (the replicas' measured
+  start-up time plus one interval: what is decided now is ready then; the first forecast step
+  at or after it counts too), for two demands over that time, each at least the demand
+  served now (a replica removed now is gone at once):
+
+  * the *central* demand, the peak of the forecast p50 (or p90 when configured), served at the
+    CPU target (``scaleUp``, 70%);
+  * the *upper bound*, the peak of ``p50 + bandScale x (p90 - p50)``, served at the
+    utilisation where the HPA rule itself starts to scale up (``scaleUp x (1 + tolerance)``,
+    77%). A narrow band lets the service run close to the target; a wide one buys headroom
+    where the forecast is unsure. ``bandScale`` (2) widens the model's band: its p90 covers
+    only 83..87% of the demand that follows, and a replica short costs more (SLO minutes, a
+    backlog to drain) than a replica too many.
+
+  The demand one replica serves at the target is learned from history. A p10..p90 band wider
+  than ``max_interval_ratio`` times the p50 (or times one replica's demand, when the p50 is
+  lower) on the steps used means the forecast says too little and is not used.
 - **decision**: the predictive answer in full when it asks for more than both the current and
   the reactive counts (acting early is what the forecast is for); otherwise
-  ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight``, never below the
-  reactive answer while it asks for more replicas (``w = 0`` leaves the forecast out); then the scale-down
-  stabilisation window (the highest answer of the window wins, as in the HPA), the rate
-  policies per decision (up: +100% or +4 replicas, whichever is more; down: -100%, the HPA's
-  defaults), and ``minReplicas .. maxReplicas``.
+  ``ceil(w x predictive + (1 - w) x reactive)`` with ``w = predictionWeight`` (1: follow the
+  forecast down, which the HPA's band would not do), never below the reactive answer while it
+  asks for more replicas; ``w = 0`` leaves the forecast out entirely (the HPA rule alone).
+  Then the scale-down stabilisation window (the highest answer of the window wins, as in the
+  HPA), the rate policies per decision (up: +100% or +4 replicas, whichever is more; down:
+  -100%, the HPA's defaults), and ``minReplicas .. maxReplicas``.
 
 Without a usable forecast (model server down, an interval too wide, capacity not learned
 yet) the decision is the reactive one and says why (``fallback``).
@@ -43,11 +56,12 @@ class PolicyConfig:
     tolerance: float = 0.1
     min_replicas: int = 1
     max_replicas: int = 10
-    prediction_weight: float = 0.3
+    prediction_weight: float = 1.0
     quantile: Quantile = "p50"
     interval_s: float = 15.0
     stabilization_s: float = 300.0
     max_interval_ratio: float = 2.0
+    band_scale: float = 2.0
     scale_up_percent: float = 100.0
     scale_up_pods: int = 4
     scale_down_percent: float = 100.0
@@ -89,6 +103,7 @@ class Decision:
     forecast_peak: float | None = None
     capacity: float | None = None
     lead_time_s: float | None = None
+    forecast_upper: float | None = None
 
     @property
     def action(self) -> Literal["scale_up", "scale_down", "none"]:
@@ -150,10 +165,34 @@ def forecast_peak(forecast: ForecastView, now: float, lead_time_s: float, quanti
     return max(values[: steps_used(forecast, now, lead_time_s)])
 
 
-def interval_too_wide(forecast: ForecastView, config: PolicyConfig, steps: int | None = None) -> bool:
-    """True when the p10..p90 band is wider than ``max_interval_ratio`` times the p50 at a step used."""
+def forecast_upper(forecast: ForecastView, now: float, lead_time_s: float, band_scale: float) -> float:
+    """The highest ``p50 + band_scale x (p90 - p50)`` over the steps that reach the lead time."""
+    steps = steps_used(forecast, now, lead_time_s)
+    bands = zip(forecast.p50[:steps], forecast.p90[:steps], strict=True)
+    return max(mid + band_scale * (high - mid) for mid, high in bands)
+
+
+def interval_too_wide(
+    forecast: ForecastView, config: PolicyConfig, steps: int | None = None, floor: float = 0.0
+) -> bool:
+    """True when the p10..p90 band is wider than ``max_interval_ratio`` times the p50 (or ``floor``,
+    when more) at a step used. The floor keeps a forecast of almost no demand from always being too wide."""
     bands = zip(forecast.p10, forecast.p50, forecast.p90, strict=True)
-    return any(high - low > config.max_interval_ratio * max(mid, 1e-9) for low, mid, high in list(bands)[:steps])
+    return any(high - low > config.max_interval_ratio * max(mid, floor, 1e-9) for low, mid, high in list(bands)[:steps])
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The predictive answer and what drove it, or why there is none (``fallback``)."""
+
+    replicas: int | None = None
+    peak: float | None = None
+    upper: float | None = None
+    for_peak: int | None = None
+    for_upper: int | None = None
+    edge_utilization: float | None = None
+    fallback: str | None = None
+    peak_source: str = "forecast peak"
 
 
 @dataclass
@@ -203,10 +242,11 @@ class ServicePolicy:
         self.capacity.observe(observation)
         reactive, why = reactive_desire(observation, self.config)
         lead_time_s = self.startup_s + self.config.interval_s
-        predictive, peak, fallback = self._predictive(observation, forecast, forecast_error, lead_time_s)
+        sizing = self._predictive(observation, forecast, forecast_error, lead_time_s)
+        predictive, fallback = sizing.replicas, sizing.fallback
         blended = self._blend(observation.replicas, reactive, predictive)
         desired = self._bounded(observation, blended)
-        reason = self._reason(why, predictive, peak, fallback, blended, desired)
+        reason = self._reason(why, sizing, blended, desired)
         return Decision(
             service=self.name,
             at=observation.at,
@@ -217,23 +257,41 @@ class ServicePolicy:
             blended=blended,
             fallback=fallback,
             reason=reason,
-            forecast_peak=peak,
+            forecast_peak=sizing.peak,
             capacity=self.capacity.per_replica,
             lead_time_s=lead_time_s,
+            forecast_upper=sizing.upper,
         )
 
     def _predictive(
         self, observation: Observation, forecast: ForecastView | None, error: str | None, lead_time_s: float
-    ) -> tuple[int | None, float | None, str | None]:
+    ) -> Sizing:
+        """Replicas for the central demand at the target and for its upper bound at the tolerance edge."""
+        config = self.config
         if forecast is None:
-            return None, None, error or "no forecast"
-        if interval_too_wide(forecast, self.config, steps_used(forecast, observation.at, lead_time_s)):
-            return None, None, "forecast interval too wide"
+            return Sizing(fallback=error or "no forecast")
         per_replica = self.capacity.per_replica
         if per_replica is None or per_replica <= 0:
-            return None, None, "capacity per replica not learned yet"
-        peak = forecast_peak(forecast, observation.at, lead_time_s, self.config.quantile)
-        return max(1, math.ceil(peak / per_replica)), peak, None
+            return Sizing(fallback="capacity per replica not learned yet")
+        now = observation.at
+        if interval_too_wide(forecast, config, steps_used(forecast, now, lead_time_s), floor=per_replica):
+            return Sizing(fallback="forecast interval too wide")
+        served = observation.demand if observation.demand is not None and observation.demand > 0 else 0.0
+        forecast_central = forecast_peak(forecast, now, lead_time_s, config.quantile)
+        peak = max(forecast_central, served)
+        upper = max(forecast_upper(forecast, now, lead_time_s, config.band_scale), served)
+        edge = 1 + config.tolerance
+        for_peak = max(1, math.ceil(peak / per_replica - 1e-9))
+        for_upper = max(1, math.ceil(upper / (per_replica * edge) - 1e-9))
+        return Sizing(
+            replicas=max(for_peak, for_upper),
+            peak=peak,
+            upper=upper,
+            for_peak=for_peak,
+            for_upper=for_upper,
+            edge_utilization=config.cpu_scale_up * edge,
+            peak_source="demand served now" if served > forecast_central else "forecast peak",
+        )
 
     def _blend(self, current: int, reactive: int, predictive: int | None) -> int:
         """A forecast that asks for more than both counts is taken in full (scaling up early is its point);
@@ -257,15 +315,17 @@ class ServicePolicy:
         desired = min(max(desired, down_limit), up_limit)
         return min(max(desired, config.min_replicas), config.max_replicas)
 
-    @staticmethod
-    def _reason(
-        why: str, predictive: int | None, peak: float | None, fallback: str | None, blended: int, desired: int
-    ) -> str:
+    def _reason(self, why: str, sizing: Sizing, blended: int, desired: int) -> str:
         parts = [f"reactive: {why}"]
-        if predictive is not None and peak is not None:
-            parts.append(f"forecast peak {peak:.1f}/s needs {predictive}")
-        if fallback:
-            parts.append(f"reactive only ({fallback})")
+        if sizing.replicas is not None and sizing.peak is not None and sizing.upper is not None:
+            parts.append(
+                f"{sizing.peak_source} {sizing.peak:.1f}/s needs {sizing.for_peak} at {self.config.cpu_scale_up:.0f}%, "
+                f"its upper bound {sizing.upper:.1f}/s needs {sizing.for_upper} at {sizing.edge_utilization:.0f}%"
+            )
+            if self.config.prediction_weight <= 0:
+                parts.append("predictionWeight 0: the forecast is left out")
+        if sizing.fallback:
+            parts.append(f"reactive only ({sizing.fallback})")
         if desired != blended:
             parts.append(f"bounded to {desired} (stabilisation, rate or min/max)")
         return "; ".join(parts)

@@ -1,4 +1,4 @@
-"""The scaling decision: the HPA rule, the forecast, the blend and the bounds."""
+"""The scaling decision: the HPA rule, the forecast and its band, the blend and the bounds."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from actuators.autoscaler.policy import (
     PolicyConfig,
     ServicePolicy,
     forecast_peak,
+    forecast_upper,
     reactive_desire,
 )
 
 CONFIG = PolicyConfig()
 
 
-def observe(replicas: int, cpu: float | None = None, memory: float | None = None, at: float = 0.0) -> Observation:
-    return Observation(at=at, replicas=replicas, cpu_utilization=cpu, memory_utilization=memory)
+def observe(
+    replicas: int, cpu: float | None = None, memory: float | None = None, at: float = 0.0, demand: float | None = None
+) -> Observation:
+    return Observation(at=at, replicas=replicas, cpu_utilization=cpu, memory_utilization=memory, demand=demand)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,13 @@ def test_capacity_is_learned_from_demand_and_utilisation() -> None:
     assert model.per_replica == pytest.approx(100.0)  # 50/s per replica at 35% -> 100/s at 70%
 
 
+def test_the_upper_bound_widens_the_p50_to_p90_distance_over_the_same_steps() -> None:
+    view = ForecastView(0.0, 15.0, p10=(0, 0, 0, 0), p50=(10, 20, 90, 30), p90=(40, 30, 100, 300))
+    assert forecast_upper(view, now=0.0, lead_time_s=45.0, band_scale=2.0) == 110  # 90 + 2 x 10 at 45 s
+    assert forecast_upper(view, now=0.0, lead_time_s=15.0, band_scale=2.0) == 70  # 10 + 2 x 30: the next step
+    assert forecast_upper(view, now=0.0, lead_time_s=45.0, band_scale=0.0) == 90  # no band: the p50 peak
+
+
 def test_the_forecast_peak_covers_the_steps_that_reach_the_lead_time() -> None:
     view = forecast([10, 20, 90, 30, 500], at=0.0, step_s=15.0)
     assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p50") == 90  # steps at 15, 30, 45 s
@@ -95,7 +105,7 @@ def test_the_blend_never_goes_below_a_reactive_scale_up() -> None:
 
 def test_a_forecast_above_both_counts_is_taken_in_full() -> None:
     config = PolicyConfig(prediction_weight=0.3)
-    decision = learned(config).decide(observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10))
+    decision = learned(config).decide(observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10, spread=0.0))
     assert (decision.reactive, decision.predictive, decision.blended) == (2, 10, 10)
 
 
@@ -103,6 +113,39 @@ def test_a_forecast_of_less_demand_is_blended_by_the_weight() -> None:
     config = PolicyConfig(prediction_weight=0.3)
     decision = learned(config).decide(observe(6, cpu=50.0, at=10), forecast([150.0] * 12, at=10))
     assert (decision.reactive, decision.predictive, decision.blended) == (6, 2, 5)  # ceil(0.3 x 2 + 0.7 x 6)
+
+
+def test_a_wide_band_buys_headroom_up_to_the_tolerance_edge() -> None:
+    policy = learned(PolicyConfig(band_scale=2.0))
+    decision = policy.decide(observe(2, cpu=50.0, at=10), forecast([200.0] * 12, at=10, spread=0.3))
+    # the p50 200/s needs 2 at 70%; its upper bound 200 + 2 x 60 = 320/s needs 3 at 77% (110/s a replica)
+    assert (decision.predictive, decision.desired) == (3, 3)
+    assert decision.forecast_peak == pytest.approx(200.0) and decision.forecast_upper == pytest.approx(320.0)
+    assert "forecast peak 200.0/s needs 2 at 70%, its upper bound 320.0/s needs 3 at 77%" in decision.reason
+
+
+def test_a_narrow_band_runs_close_to_the_target() -> None:
+    decision = learned().decide(observe(2, cpu=50.0, at=10), forecast([200.0] * 12, at=10, spread=0.02))
+    assert (decision.predictive, decision.desired) == (2, 2)  # 208/s at 77% fits 2 replicas
+
+
+def test_the_demand_served_now_is_never_planned_away() -> None:
+    decision = learned().decide(observe(5, cpu=80.0, at=10, demand=400.0), forecast([100.0] * 12, at=10))
+    assert decision.predictive == 4  # the forecast says 100/s, but 400/s is served now: 4 at 70%
+    assert "demand served now 400.0/s needs 4 at 70%" in decision.reason
+
+
+def test_a_forecast_of_less_demand_scales_down_within_the_hpa_band() -> None:
+    policy = learned(PolicyConfig(prediction_weight=1.0))
+    decision = policy.decide(observe(6, cpu=50.0, at=10), forecast([150.0] * 12, at=10))
+    assert (decision.reactive, decision.predictive, decision.desired) == (6, 2, 2)  # the HPA keeps 6 at 50%
+
+
+def test_a_band_wide_against_almost_no_demand_is_still_used() -> None:
+    # p50 5/s, band 15/s: three times the p50, but less than twice one replica's 100/s
+    view = ForecastView(10.0, 15.0, p10=(0.0,) * 12, p50=(5.0,) * 12, p90=(15.0,) * 12)
+    decision = learned().decide(observe(2, cpu=5.0, at=10), view)
+    assert (decision.fallback, decision.predictive) == (None, 1)
 
 
 @pytest.mark.parametrize(
@@ -162,4 +205,5 @@ def test_a_weight_of_zero_leaves_the_forecast_out() -> None:
     decision = learned(PolicyConfig(prediction_weight=0.0)).decide(
         observe(2, cpu=50.0, at=10), forecast([1000.0] * 12, at=10)
     )
-    assert (decision.predictive, decision.desired) == (10, 2)
+    assert (decision.predictive, decision.desired) == (11, 2)  # upper bound 1000 + 2 x 100 = 1200/s at 77%
+    assert "predictionWeight 0: the forecast is left out" in decision.reason

@@ -48,7 +48,8 @@ def test_defaults_are_the_seed_values() -> None:
 
     assert (scaling.cpu_thresholds.scale_up, scaling.cpu_thresholds.scale_down) == (70, 30)
     assert (scaling.memory_thresholds.scale_up, scaling.memory_thresholds.scale_down) == (80, 40)
-    assert (scaling.min_replicas, scaling.max_replicas, scaling.prediction_weight) == (1, 10, 0.3)
+    # predictionWeight is 1.0, not the seed's 0.3: it now weighs only a forecast of less demand (README).
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.prediction_weight) == (1, 10, 1.0)
     assert safety.max_experiment_duration == timedelta(minutes=30)
     assert (safety.blast_radius_limit, safety.auto_rollback, safety.emergency_stop) == (25, True, True)
     assert optimization.database.auto_indexing and optimization.resources.safe_mode
