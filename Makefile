@@ -32,7 +32,7 @@ train: install ## run the retraining pipeline; stages whose inputs did not chang
 summary: install ## print the registered models and where to open the MLflow UI
 	@$(PY) -m training.summary
 
-up: install ## start the model server, the local fleet, the autoscaler and chaos; Ctrl-C stops them all
+up: install ## start the model server, the local fleet, the autoscaler, the optimizer and chaos; Ctrl-C stops them all
 	$(BIN)/tmsops up
 
 serve: install ## start the model server (BentoML) on http://127.0.0.1:3000; Ctrl-C stops it
@@ -42,7 +42,9 @@ mlflow-ui: install ## start the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 test: install lint typecheck imports ## install, then lint, type-check, check layers and run every test
-	$(BIN)/pytest -q -n 2 --dist loadgroup tests
+	$(BIN)/pytest -q -n 2 --dist loadgroup tests/unit tests/integration
+	# the end-to-end tests run live loops against the clock: alone, not beside a second worker
+	$(BIN)/pytest -q tests/e2e
 
 lint: install ## ruff
 	$(BIN)/ruff check .

@@ -58,10 +58,16 @@ class OwnServer:
             stop(self.process)
             self.process = None
 
-    def ensure_up(self) -> None:
+    async def ensure_up(self) -> None:
+        """Start the server if it is down, then wait in a worker thread until it is ready.
+
+        The start itself stays on the test's thread: the server gets a parent-death signal,
+        which Linux sends when the *thread* that started it ends, so a server started from a
+        worker thread would die when that idle worker is retired.
+        """
         if self.process is None:
             self.start()
-        self.wait_ready()
+        await anyio.to_thread.run_sync(self.wait_ready)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +146,7 @@ async def test_the_breaker_opens_on_a_down_server_fails_fast_then_closes_when_it
             await client.model_info()
         assert transport.requests == 6
 
-        await anyio.to_thread.run_sync(own_server.ensure_up)
+        await own_server.ensure_up()
         while client.breaker_state == "open":
             await asyncio.sleep(0.05)
         assert client.breaker_state == "half_open"
@@ -149,7 +155,7 @@ async def test_the_breaker_opens_on_a_down_server_fails_fast_then_closes_when_it
 
 
 async def test_a_call_made_while_the_server_restarts_succeeds(own_server: OwnServer) -> None:
-    await anyio.to_thread.run_sync(own_server.ensure_up)
+    await own_server.ensure_up()
     transport = CountingTransport()
     client = ModelClient(own_server.url, retries=240, backoff_s=0.5, max_backoff_s=1.0, transport=transport)
     async with client:
