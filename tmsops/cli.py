@@ -39,7 +39,7 @@ def up_command(
         Path | None, typer.Option(help="settings file (default: $TMSOPS_CONFIG or ./tmsops.yaml)")
     ] = None,
 ) -> None:
-    """Start the model server, the local fleet, the autoscaler and the chaos service; Ctrl-C stops all."""
+    """Start the model server, the local fleet, the autoscaler, the optimizer and chaos; Ctrl-C stops all."""
     from tmsops.settings import CoreSettings, FleetSettings, load_settings
     from tmsops.up import up
 

@@ -131,16 +131,47 @@ class ScalingSettings(Section):
 
 
 class DatabaseOptimization(Section):
+    """The PostgreSQL the optimizer analyses (``dsn``) and how it applies indexes.
+
+    ``autoIndexing`` lets ``POST /auto-optimize`` create the indexes it recommends; either way
+    an index is kept only when the measured read time of the queries it serves falls by at
+    least ``minGain`` (a fraction), otherwise it is dropped again.
+    """
+
     auto_indexing: bool = True
+    dsn: SecretStr | None = None
+    service: str = "shipment-service"
+    min_gain: float = Field(0.2, gt=0, lt=1)
+    min_calls: int = Field(10, ge=1)
+    max_new_indexes: int = Field(5, ge=1, le=50)
+    lock_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(seconds=60)
+    write_penalty: float = Field(1.0, ge=0)
 
 
 class CacheOptimization(Section):
+    """The Redis the optimizer analyses (``redisUrl``): keys are sampled for ``sampleWindow`` at
+    ``sampleRate`` (spatial sampling of the key stream) to estimate the hit rate per memory size."""
+
     strategy: Literal["lru", "lfu", "ttl", "adaptive"] = "adaptive"
     ttl: Duration = timedelta(hours=1)
+    redis_url: SecretStr | None = None
+    service: str = "shipment-service"
+    target_hit_rate: float = Field(0.9, gt=0, lt=1)
+    sample_rate: float = Field(0.1, gt=0, le=1)
+    sample_window: Duration = timedelta(seconds=30)
 
 
 class ResourceOptimization(Section):
+    """Right-sizing: requests at a usage percentile plus a margin (the krr / VPA way).
+
+    ``safeMode`` applies only reversible changes that were measured to help.
+    """
+
     safe_mode: bool = True
+    cpu_percentile: Percent = 95
+    memory_percentile: Percent = 99
+    margin: float = Field(0.15, ge=0, le=2)
 
 
 class OptimizationSettings(Section):

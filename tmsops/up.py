@@ -1,6 +1,6 @@
 """``tmsops up``: start the platform's processes, wait until each is healthy, print where they are.
 
-The parts: the model server, the local fleet, the autoscaler and the chaos service.
+The parts: the model server, the local fleet, the autoscaler, the optimizer and the chaos service.
 
 The processes start in order (the model server first: the services call it), each in its own
 process group with its output in ``<stateDir>/logs/<name>.log``. A process that exits or is
@@ -53,6 +53,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
     control = f"http://{host}:{fleet.fleet.control_port}"
     autoscaler = f"http://{host}:{settings.ports.autoscaler}"
     chaos = f"http://{host}:{settings.ports.chaos}"
+    optimizer = f"http://{host}:{settings.ports.optimizer}"
     return [
         Part("model server", [python, "-m", "serving"], f"{model_server}/readyz", 300.0, f"{model_server}/docs"),
         Part("fleet", [python, "-m", "tmsops.fleet", "run"], f"{control}/health", 120.0, f"{control}/docs"),
@@ -63,6 +64,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
             60.0,
             f"{autoscaler}/dashboard",
         ),
+        Part("optimizer", [python, "-m", "actuators.optimizer"], f"{optimizer}/health", 60.0, f"{optimizer}/dashboard"),
         Part("chaos", [python, "-m", "chaos"], f"{chaos}/health", 60.0, f"{chaos}/dashboard"),
     ]
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from conftest import find_prometheus, start_prometheus, stop_process
-from support.net import free_port
+from support.net import free_port, served
 
 from tmsops.fleet.api import build_app
 from tmsops.metrics_source import MetricsUnavailable, PrometheusSource, ServiceSnapshot
@@ -30,18 +29,8 @@ async def fleet_url(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """The fleet's control API (which serves /metrics) and the echo service's port."""
     echo = FleetService(command=["{python}", "-m", "tmsops.fleet.echo"], port=free_port(), replicas=2)
     config = FleetConfig(control_port=free_port(), services={"echo": echo}, usage_interval=1)
-    app = build_app(FleetSettings(state_dir=tmp_path, fleet=config))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.control_port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    try:
+    async with served(build_app(FleetSettings(state_dir=tmp_path, fleet=config)), config.control_port):
         yield f"127.0.0.1:{config.control_port}", echo.port
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def steady_load(port: int, stop: asyncio.Event) -> int:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from tmsops.fleet.metrics import FleetMetrics
+from tmsops.fleet.metrics import FleetMetrics, RouteLabels
 from tmsops.targets.base import PortInUse
 
 MAX_BODY_BYTES = 16 * 2**20
@@ -149,6 +149,11 @@ class ServiceProxy:
         self._in_flight = metrics.in_flight.labels(service=service)
         self._duration = metrics.duration.labels(service=service)
         self._requests = metrics.requests
+        self._routes = RouteLabels()
+        self._route_requests = metrics.route_requests
+        self._route_duration = metrics.route_duration
+        self._client_connections = metrics.client_connections.labels(service=service)
+        self._upstream_connections = metrics.upstream_connections.labels(service=service)
         self.answered = 0
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -211,6 +216,7 @@ class ServiceProxy:
         task = asyncio.current_task()
         assert task is not None
         self._clients[task] = writer
+        self._client_connections.inc()
         try:
             await self._serve(reader, writer)
         except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
@@ -241,9 +247,14 @@ class ServiceProxy:
             status, keep_open = await self._route(conn, writer, exchange)
         finally:
             self._in_flight.dec()
+        elapsed = time.perf_counter() - exchange.started
+        code = str(status) if status else "reset"
+        route = self._routes.label(exchange.request.method, exchange.request.target)
         self.answered += 1
-        self._requests.labels(service=self.service, code=str(status) if status else "reset").inc()
-        self._duration.observe(time.perf_counter() - exchange.started)
+        self._requests.labels(service=self.service, code=code).inc()
+        self._duration.observe(elapsed)
+        self._route_requests.labels(service=self.service, route=route, code=code).inc()
+        self._route_duration.labels(service=self.service, route=route).observe(elapsed)
         return keep_open
 
     async def _route(self, conn: h11.Connection, writer: asyncio.StreamWriter, exchange: Exchange) -> tuple[int, bool]:
@@ -313,6 +324,7 @@ class ServiceProxy:
         reused = upstream is not None
         if upstream is None:
             upstream = await _connect(backend)
+            self._upstream_connections.inc()
         try:
             response, body = await _round_trip(upstream, exchange, reused)
         except BaseException:

@@ -1,5 +1,6 @@
 // tmsops dashboards: small SVG line charts with an optional band, no dependencies.
 // chart(element, {title, unit, series: [{name, color, points: [[ms, value], ...], band: [[ms, low, high], ...], step}]})
+// bars(element, {title, groups: [{label, status, values: [{name, value}, ...]}]}): paired bars on a log scale
 "use strict";
 (function () {
   const NS = "http://www.w3.org/2000/svg";
@@ -75,5 +76,37 @@
     return svg;
   }
 
+  const BAR_COLORS = ["#8a94a6", "#2f6fdf", "#d9480f", "#1b7f3b"];
+
+  function bars(target, spec) {
+    const groups = spec.groups || [];
+    const height = PAD.top + PAD.bottom + Math.max(groups.length, 1) * 34;
+    const svg = el("svg", {viewBox: `0 0 ${W} ${height}`, class: "chart bars", role: "img", "aria-label": spec.title || ""});
+    el("text", {x: PAD.left, y: 16, class: "title"}, svg).textContent = spec.title || "";
+    if (!groups.length) {
+      el("text", {x: W / 2, y: height / 2 + 6, "text-anchor": "middle", class: "empty"}, svg).textContent = "no measured change yet";
+      target.appendChild(svg);
+      return svg;
+    }
+    const values = groups.flatMap((g) => g.values.map((v) => v.value)).filter((v) => v > 0);
+    const high = Math.log10(Math.max(...values, 1)) + 0.2, low = Math.min(Math.log10(Math.min(...values, 1)), 0) - 0.2;
+    const left = 230, right = W - 60;
+    const x = (v) => left + (Math.log10(Math.max(v, 10 ** low)) - low) / (high - low) * (right - left);
+    groups.forEach((group, row) => {
+      const top = PAD.top + row * 34;
+      el("text", {x: left - 8, y: top + 17, "text-anchor": "end", class: "axis"}, svg).textContent =
+        `${group.label} (${group.status})`.slice(0, 40);
+      group.values.forEach((item, index) => {
+        const y = top + 4 + index * 13;
+        el("rect", {x: left, y, width: Math.max(1, x(item.value) - left), height: 11, fill: BAR_COLORS[index % 4],
+                    class: "bar", "data-name": item.name, "data-value": item.value}, svg);
+        el("text", {x: x(item.value) + 4, y: y + 10, class: "axis"}, svg).textContent = `${item.name} ${item.value}`;
+      });
+    });
+    target.appendChild(svg);
+    return svg;
+  }
+
   window.tmsopsChart = chart;
+  window.tmsopsBars = bars;
 })();

@@ -1,0 +1,167 @@
+"""Apply an index only when it is measured to help; take it back when it does not.
+
+The statements it could serve (the workload's reads on its table) are timed on the real
+server before the build, with real parameter values. The journal entry is written, then
+``CREATE INDEX CONCURRENTLY`` runs under a lock timeout (a failed build leaves an invalid
+index behind: it is dropped). The same statements are timed again; the index stays when the
+call-weighted read time fell by at least ``minGain``, otherwise ``DROP INDEX CONCURRENTLY``
+takes it back. Anything that goes wrong after the build also drops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from actuators.optimizer.database.binding import Bound, bind
+from actuators.optimizer.database.catalog import read_catalog
+from actuators.optimizer.database.connection import Database, Session, StatementFailed
+from actuators.optimizer.database.plans import Candidate, plan, timed, uses_index
+from actuators.optimizer.database.workload import capture
+from actuators.optimizer.journal import Kind, Optimization, OptimizationJournal, Status
+from tmsops.errors import PermanentError, TmsopsError
+from tmsops.settings import DatabaseOptimization
+
+NAME_PREFIX = "tmsops_"
+
+
+class UnknownTable(PermanentError):
+    http_status = 404
+
+
+class UnknownColumn(PermanentError):
+    http_status = 422
+
+
+class AlreadyCovered(PermanentError):
+    http_status = 409
+
+
+def index_name(candidate: Candidate) -> str:
+    """``tmsops_<table>_<columns>``, within PostgreSQL's 63 bytes, with a hash suffix when shortened."""
+    readable = re.sub(r"[^a-z0-9_]+", "_", f"{NAME_PREFIX}{candidate.table}_{'_'.join(candidate.columns)}".lower())
+    if len(readable) <= 63:
+        return readable
+    digest = hashlib.sha1(candidate.label.encode()).hexdigest()[:8]
+    return f"{readable[:54]}_{digest}"
+
+
+def drop_sql(name: str) -> str:
+    return f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'
+
+
+async def apply_index(
+    database: Database,
+    journal: OptimizationJournal,
+    policy: DatabaseOptimization,
+    candidate: Candidate,
+    *,
+    service: str,
+    dry_run: bool = False,
+) -> Optimization:
+    name = index_name(candidate)
+    async with database.connect() as session:
+        await database.require_extensions(session, ("pg_stat_statements",))
+        reads = await _reads_on(session, candidate, policy)
+        change = {
+            "sql": candidate.definition(name, concurrently=True),
+            "table": candidate.table,
+            "columns": list(candidate.columns),
+            "queries": [bound.statement.query for bound in reads],
+        }
+        undo = {"sql": drop_sql(name), "index": name}
+        if dry_run:
+            return journal.begin(
+                Kind.INDEX, service, name, "create_index", change=change, undo=undo, status=Status.DRY_RUN
+            )
+        before = await _read_time(session, reads)
+        entry = journal.begin(Kind.INDEX, service, name, "create_index", change=change, undo=undo, before=before)
+        try:
+            await session.execute(f"SET lock_timeout = {int(policy.lock_timeout.total_seconds() * 1000)}")
+            await session.execute(candidate.definition(name, concurrently=True))
+        except TmsopsError as error:
+            await session.execute(drop_sql(name))  # if this fails too, the entry stays "applying": recovery drops it
+            journal.update(
+                entry.id, status=Status.FAILED, reason=f"the build failed and was cleaned up: {error.message}"
+            )
+            raise
+        journal.update(entry.id, status=Status.MEASURING)
+        try:
+            after = await _read_time(session, reads)
+            users = await _statements_using(session, reads, name)
+        except BaseException as error:
+            await session.execute(drop_sql(name))
+            journal.update(entry.id, status=Status.ROLLED_BACK, reason=f"measuring failed ({error!r}); index dropped")
+            raise
+        return await _verdict(session, journal, entry, before, {**after, "used_by": users}, policy.min_gain)
+
+
+async def _verdict(
+    session: Session,
+    journal: OptimizationJournal,
+    entry: Optimization,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    min_gain: float,
+) -> Optimization:
+    """Kept when some statement's plan reads the index and the call-weighted read time fell by ``min_gain``.
+
+    The plan check keeps timing noise on fast statements from passing an index nobody uses.
+    """
+    gain = 1.0 - after["weighted_ms"] / before["weighted_ms"] if before["weighted_ms"] > 0 else 0.0
+    after = {**after, "gain": round(gain, 4)}
+    if not after["used_by"]:
+        why = "no statement of the workload plans to read it: index dropped"
+    elif gain < min_gain:
+        why = f"measured gain {gain:.1%} is below minGain {min_gain:.0%}: index dropped"
+    else:
+        reason = f"read time down {gain:.0%} (at least {min_gain:.0%}); used by {len(after['used_by'])} statement(s)"
+        return journal.update(entry.id, status=Status.KEPT, after=after, reason=reason)
+    await session.execute(entry.undo["sql"])
+    return journal.update(entry.id, status=Status.ROLLED_BACK, after=after, reason=why)
+
+
+async def _statements_using(session: Session, reads: list[Bound], name: str) -> list[str]:
+    """The queryids of the statements whose plan (with their first binding) reads index ``name``."""
+    return [
+        str(bound.statement.queryid)
+        for bound in reads
+        if bound.bindings and name in uses_index(await plan(session, bound.statement.query, bound.bindings[0]))
+    ]
+
+
+async def rollback_index(
+    database: Database, journal: OptimizationJournal, entry: Optimization, reason: str
+) -> Optimization:
+    """Drop the index of ``entry`` (if it exists) and mark it rolled back."""
+    async with database.connect() as session:
+        await session.execute(entry.undo["sql"])
+    return journal.update(entry.id, status=Status.ROLLED_BACK, reason=reason)
+
+
+async def _reads_on(session: Session, candidate: Candidate, policy: DatabaseOptimization) -> list[Bound]:
+    catalog = await read_catalog(session)
+    table = catalog.tables.get(candidate.table)
+    if table is None:
+        raise UnknownTable(f"no table {candidate.table!r} in the database", details={"known": sorted(catalog.tables)})
+    unknown = [column for column in candidate.columns if column not in table.columns]
+    if unknown:
+        raise UnknownColumn(f"table {candidate.table!r} has no column {', '.join(map(repr, unknown))}")
+    covering = catalog.covered(candidate.table, candidate.columns)
+    if covering is not None:
+        raise AlreadyCovered(f"the index {covering.name!r} already covers {candidate.label}")
+    statements = await capture(session, catalog, min_calls=1)
+    reads = [s for s in statements if s.is_read and candidate.table in s.shape.table_names]
+    bound, _ = await bind(session, reads, catalog)
+    return bound
+
+
+async def _read_time(session: Session, reads: list[Bound]) -> dict[str, float]:
+    """Each statement's median time (by queryid) and the call-weighted total, ms."""
+    times = {str(bound.statement.queryid): await timed(session, bound) for bound in reads}
+    weighted = sum(bound.statement.calls * times[str(bound.statement.queryid)] for bound in reads)
+    return {**times, "weighted_ms": weighted}
+
+
+__all__ = ["AlreadyCovered", "StatementFailed", "UnknownColumn", "UnknownTable", "apply_index", "rollback_index"]
