@@ -189,7 +189,8 @@ class Autoscaler:
             return None
         state = self.state(name)
         if observation.demand is not None:
-            state.history.add(observation.at, observation.demand)
+            demand_at = observation.demand_at if observation.demand_at is not None else observation.at
+            state.history.add(demand_at, observation.demand)
         state.actuals.append(
             {
                 "at": time.time(),

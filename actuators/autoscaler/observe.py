@@ -2,7 +2,9 @@
 
 Utilisation is usage over the ready replicas' requests (the HPA's definition); without a
 request it is unknown. Demand (requests/s) comes from the target's request counter (the
-fleet's proxy) between two reads, or from Prometheus when the target has no counter.
+fleet's proxy) between two reads, or from Prometheus when the target has no counter; it is
+dated at the middle of the window it was measured over, so the history holds each step's own
+demand (dated at the end, every point would describe the step before its own).
 """
 
 from __future__ import annotations
@@ -32,26 +34,29 @@ class Observer:
         status = await self._target.service(service)
         usage = await self._target.usage(service)
         now = time.monotonic()
-        demand = await self._demand(service, usage, now)
+        demand, window_s = await self._demand(service, usage, now)
         observation = Observation(
             at=now,
             replicas=status.replicas,
             cpu_utilization=cpu_utilization(status, usage),
             memory_utilization=memory_utilization(status, usage),
             demand=demand,
+            demand_at=now - window_s / 2,
         )
         return observation, status
 
-    async def _demand(self, service: str, usage: ServiceUsage, now: float) -> float | None:
+    async def _demand(self, service: str, usage: ServiceUsage, now: float) -> tuple[float | None, float]:
+        """Requests/s and the length of the window it was measured over, ending now."""
         if usage.requests_total is None:
             if self._metrics is None:
-                return None
-            return (await self._metrics.service_snapshot(service)).requests_per_second
+                return None, 0.0
+            window_s = self._metrics.templates.window.total_seconds()
+            return (await self._metrics.service_snapshot(service)).requests_per_second, window_s
         previous = self._counted.get(service)
         self._counted[service] = Counted(now, usage.requests_total)
         if previous is None or now <= previous.at or usage.requests_total < previous.total:
-            return None
-        return (usage.requests_total - previous.total) / (now - previous.at)
+            return None, 0.0
+        return (usage.requests_total - previous.total) / (now - previous.at), now - previous.at
 
 
 def cpu_utilization(status: ServiceStatus, usage: ServiceUsage) -> float | None:

@@ -69,13 +69,18 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class Observation:
-    """What is known about the service now; utilisation in percent of the replicas' requests."""
+    """What is known about the service now; utilisation in percent of the replicas' requests.
+
+    ``demand`` is a rate measured over a window that ends now; ``demand_at`` is the middle of
+    that window, the time the rate describes (``at`` when not given).
+    """
 
     at: float
     replicas: int
     cpu_utilization: float | None = None
     memory_utilization: float | None = None
     demand: float | None = None
+    demand_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -231,8 +231,13 @@ async def test_a_paused_replica_answers_again_after_the_revert(fleet: Fleet) -> 
     fault = await fleet.inject(
         FaultRequest(service="echo", fault={"type": "service_unavailable", "mode": "pause"}, ttl_s=30)
     )
-    pid = fleet._group("echo").replicas[fault.replicas[0]].pid
-    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    process = psutil.Process(fleet._group("echo").replicas[fault.replicas[0]].pid)
+    # SIGSTOP takes effect when the kernel next schedules the process: wait for the state, not a time.
+    for _ in range(200):
+        if process.status() == psutil.STATUS_STOPPED:
+            break
+        await asyncio.sleep(0.025)
+    assert process.status() == psutil.STATUS_STOPPED
     await fleet.revert(fault.id)
     async with httpx.AsyncClient() as client:
         assert (await client.get(url(fleet, "/echo"))).status_code == 200

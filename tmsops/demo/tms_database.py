@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -167,17 +168,19 @@ class Workload:
             ),
         ]
 
-    def run_reads(self, connection: psycopg.Connection[object], count: int) -> dict[str, float]:
-        """``count`` reads in a fixed random order; total and per-statement time, seconds."""
+    def run_reads(self, connection: psycopg.Connection[object], count: int) -> dict[str, Any]:
+        """``count`` reads in a fixed random order: total and per statement time (``seconds``, ``count``)."""
         statements = self.reads()
-        per_statement: dict[str, float] = {}
+        per_statement: dict[str, dict[str, float]] = {}
         started = time.perf_counter()
         for _ in range(count):
             query, params = self.rng.choice(statements)
             began = time.perf_counter()
             connection.execute(query, params()).fetchall()
-            per_statement[query] = per_statement.get(query, 0.0) + time.perf_counter() - began
-        return {"total_s": time.perf_counter() - started, **per_statement}
+            entry = per_statement.setdefault(query, {"seconds": 0.0, "count": 0})
+            entry["seconds"] += time.perf_counter() - began
+            entry["count"] += 1
+        return {"total_s": time.perf_counter() - started, "count": count, "per_statement": per_statement}
 
     def run_writes(self, connection: psycopg.Connection[object], seconds: float, limit: int | None = None) -> float:
         """Writes, each its own transaction, for ``seconds`` (or until ``limit`` writes); returns writes per second."""
