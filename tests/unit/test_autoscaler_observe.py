@@ -36,4 +36,3 @@ async def test_a_rate_is_dated_at_the_middle_of_its_window_so_each_step_holds_it
     assert second.demand is not None and second.demand > 0
     assert second.demand_at is not None and first.at < second.demand_at < second.at
     assert second.demand_at == pytest.approx((first.at + second.at) / 2, abs=1e-3)
-
