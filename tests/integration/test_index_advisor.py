@@ -171,3 +171,28 @@ async def test_the_workload_is_read_from_this_database_only() -> None:
         advice = await advise(Database(second), POLICY)
     assert advice.statements == 0  # CREATE TABLE is a utility statement; the advisor's own queries are marked
     assert advice.recommendations == []
+
+
+async def test_timing_runs_statements_read_only_so_a_select_with_side_effects_writes_nothing(
+    journal: OptimizationJournal,
+) -> None:
+    with fresh_database() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute("CREATE TABLE parcels (id bigint PRIMARY KEY, depot int NOT NULL)")
+            connection.execute("INSERT INTO parcels SELECT g, g % 500 FROM generate_series(1, 20000) g")
+            connection.execute("CREATE TABLE seen (at timestamptz)")
+            connection.execute(
+                "CREATE FUNCTION note_seen() RETURNS int LANGUAGE sql AS 'INSERT INTO seen VALUES (now()) RETURNING 1'"
+            )
+            connection.execute("ANALYZE parcels")
+            for depot in range(20):
+                connection.execute("SELECT count(*) FROM parcels WHERE depot = %s", (depot,)).fetchall()
+                connection.execute("SELECT note_seen() FROM parcels WHERE depot = %s LIMIT 1", (depot,)).fetchall()
+            connection.execute("TRUNCATE seen")
+
+        entry = await apply_index(Database(dsn), journal, POLICY, Candidate("parcels", ("depot",)), service="s")
+
+        with psycopg.connect(dsn) as connection:
+            assert connection.execute("SELECT count(*) FROM seen").fetchone() == (0,)
+        assert entry.status == Status.KEPT  # the count(*) statement was timed and is served by the index
+        assert entry.before is not None and len([key for key in entry.before if key.lstrip("-").isdigit()]) == 1

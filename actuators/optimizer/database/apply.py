@@ -11,6 +11,7 @@ takes it back. Anything that goes wrong after the build also drops it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from typing import Any
 
@@ -24,6 +25,7 @@ from tmsops.errors import PermanentError, TmsopsError
 from tmsops.settings import DatabaseOptimization
 
 NAME_PREFIX = "tmsops_"
+log = logging.getLogger(__name__)
 
 
 class UnknownTable(PermanentError):
@@ -88,7 +90,7 @@ async def apply_index(
             raise
         journal.update(entry.id, status=Status.MEASURING)
         try:
-            after = await _read_time(session, reads)
+            after = await _read_time(session, [bound for bound in reads if str(bound.statement.queryid) in before])
             users = await _statements_using(session, reads, name)
         except BaseException as error:
             await session.execute(drop_sql(name))
@@ -158,9 +160,22 @@ async def _reads_on(session: Session, candidate: Candidate, policy: DatabaseOpti
 
 
 async def _read_time(session: Session, reads: list[Bound]) -> dict[str, float]:
-    """Each statement's median time (by queryid) and the call-weighted total, ms."""
-    times = {str(bound.statement.queryid): await timed(session, bound) for bound in reads}
-    weighted = sum(bound.statement.calls * times[str(bound.statement.queryid)] for bound in reads)
+    """Each statement's median time (by queryid) and the call-weighted total, ms.
+
+    Timing runs a statement (EXPLAIN ANALYZE), so it runs read-only: a SELECT that would write
+    (a function with side effects) or lock rows fails instead, and is left out of the timing.
+    """
+    times: dict[str, float] = {}
+    await session.execute("SET default_transaction_read_only = on")
+    try:
+        for bound in reads:
+            try:
+                times[str(bound.statement.queryid)] = await timed(session, bound)
+            except StatementFailed as error:
+                log.info("statement %d left out of the timing: %s", bound.statement.queryid, error.message)
+    finally:
+        await session.execute("SET default_transaction_read_only = off")
+    weighted = sum(bound.statement.calls * times.get(str(bound.statement.queryid), 0.0) for bound in reads)
     return {**times, "weighted_ms": weighted}
 
 

@@ -6,8 +6,8 @@ its own queries are left out of the workload it reads from pg_stat_statements.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -101,23 +101,32 @@ class Session:
         self.connection = connection
 
     async def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[Row]:
-        async with self.connection.cursor() as cursor:
-            await cursor.execute(f"{MARKER} {sql}", params)
-            return await cursor.fetchall() if cursor.description else []
+        with _wrapped(sql):
+            async with self.connection.cursor() as cursor:
+                await cursor.execute(f"{MARKER} {sql}", params)
+                return await cursor.fetchall() if cursor.description else []
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        try:
+        with _wrapped(sql):
             await self.connection.execute(f"{MARKER} {sql}", params)
-        except psycopg.OperationalError as error:
-            raise DatabaseUnavailable(f"the database connection failed: {_first_line(error)}") from error
-        except psycopg.Error as error:
-            raise StatementFailed(f"{_first_line(error)} (in: {sql[:200]})") from error
 
     async def raw_rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
         """Run ``sql`` with PostgreSQL's own ``$n`` placeholders (as pg_stat_statements shows them)."""
-        async with psycopg.AsyncRawCursor(self.connection, row_factory=dict_row) as cursor:
-            await cursor.execute(f"{MARKER} {sql}", params)
-            return await cursor.fetchall() if cursor.description else []
+        with _wrapped(sql):
+            async with psycopg.AsyncRawCursor(self.connection, row_factory=dict_row) as cursor:
+                await cursor.execute(f"{MARKER} {sql}", params)
+                return await cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def _wrapped(sql: str) -> Iterator[None]:
+    """A lost connection as DatabaseUnavailable (temporary), any other database error as StatementFailed."""
+    try:
+        yield
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailable(f"the database connection failed: {_first_line(error)}") from error
+    except psycopg.Error as error:
+        raise StatementFailed(f"{_first_line(error)} (in: {sql[:200]})") from error
 
 
 def _first_line(error: BaseException) -> str:
