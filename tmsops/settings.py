@@ -165,7 +165,8 @@ class CacheOptimization(Section):
 class ResourceOptimization(Section):
     """Right-sizing: requests at a usage percentile plus a margin (the krr / VPA way).
 
-    ``safeMode`` applies only reversible changes that were measured to help.
+    ``safeMode`` applies only changes that can be undone (fields set now) and refuses a memory
+    limit below the usage seen; a change is kept once every replica is ready with it.
     """
 
     safe_mode: bool = True

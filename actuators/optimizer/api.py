@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from actuators.optimizer.dashboard import dashboard_data, render_dashboard
@@ -30,6 +30,12 @@ class IndexSpec(Body):
         min_length=1, max_length=8
     )
     descending: list[bool] | None = None
+
+    @model_validator(mode="after")
+    def _one_direction_per_column(self) -> IndexSpec:
+        if self.descending is not None and len(self.descending) != len(self.columns):
+            raise ValueError(f"descending has {len(self.descending)} entries for {len(self.columns)} columns")
+        return self
 
     def candidate(self) -> Candidate:
         return Candidate(self.table, tuple(self.columns), tuple(self.descending or ()))

@@ -1,8 +1,8 @@
 """``GET /dashboard``: every change with its measured before and after, and the latest advice.
 
-The page reads only the journal and the last analysis (``GET /recommendations`` or
-``/analysis/bottlenecks`` refresh it), so it answers at once even when an analysis would
-take seconds.
+The page reads only the journal and the last ranking of bottlenecks (``GET
+/analysis/bottlenecks`` refreshes it), so it answers at once even when an analysis would take
+seconds.
 """
 
 from __future__ import annotations
@@ -74,18 +74,26 @@ def render_dashboard(data: dict[str, Any]) -> str:
     return PAGE.format(counts=html.escape(summary), updated=html.escape(data["updated"][:19]), data=payload)
 
 
-def _measured(entry: Optimization) -> dict[str, Any] | None:
-    before, after = entry.before or {}, entry.after or {}
+def _before_after(entry: Optimization) -> tuple[float, float] | None:
+    """The measured figure before and after (index: read time, ms; cache: hit rate), when both exist."""
     key = {Kind.INDEX: "weighted_ms", Kind.CACHE: "hit_rate"}.get(entry.kind)
-    if key is None or key not in before or key not in after:
+    before, after = (entry.before or {}).get(key or ""), (entry.after or {}).get(key or "")
+    if not isinstance(before, int | float) or not isinstance(after, int | float):
+        return None
+    return float(before), float(after)
+
+
+def _measured(entry: Optimization) -> dict[str, Any] | None:
+    figures = _before_after(entry)
+    if figures is None:
         return None
     scale = 100.0 if entry.kind == Kind.CACHE else 1.0
     return {
         "label": f"#{entry.id} {entry.subject}",
         "status": entry.status.value,
         "values": [
-            {"name": "before", "value": round(float(before[key]) * scale, 3)},
-            {"name": "after", "value": round(float(after[key]) * scale, 3)},
+            {"name": "before", "value": round(figures[0] * scale, 3)},
+            {"name": "after", "value": round(figures[1] * scale, 3)},
         ],
     }
 
@@ -106,9 +114,9 @@ def _change(entry: Optimization) -> dict[str, Any]:
 
 
 def _effect(entry: Optimization) -> str:
-    before, after = entry.before or {}, entry.after or {}
-    if entry.kind == Kind.INDEX and "weighted_ms" in before and "weighted_ms" in after:
-        return f"read time {before['weighted_ms']:.1f} -> {after['weighted_ms']:.1f} ms"
-    if entry.kind == Kind.CACHE and "hit_rate" in before and "hit_rate" in after:
-        return f"hit rate {before['hit_rate']:.1%} -> {after['hit_rate']:.1%}"
-    return ""
+    figures = _before_after(entry)
+    if figures is None:
+        return ""
+    if entry.kind == Kind.INDEX:
+        return f"read time {figures[0]:.1f} -> {figures[1]:.1f} ms"
+    return f"hit rate {figures[0]:.1%} -> {figures[1]:.1%}"

@@ -1,7 +1,8 @@
 """The optimizer: the database, cache, resource and network analyses and the journalled changes.
 
-One change at a time: changes are serialised by a lock, so two requests never measure each
-other's effect. At start-up, every change a crash left without a verdict is rolled back.
+One change at a time: changes are serialised by a lock, so two changes never measure each
+other's effect (an analysis asked for meanwhile, or the cache's background one, still adds its
+own load to the measured system). At start-up, every change a crash left without a verdict is rolled back.
 A part whose system is not configured or not reachable is reported as unavailable; the
 other parts still answer.
 """
@@ -76,7 +77,7 @@ class Optimizer:
         self.models = models
         self.lock = asyncio.Lock()
         self.sampler = UsageSampler(target)
-        self.cache = CacheOptimizer(self.policy.cache, self.journal)
+        self.cache = CacheOptimizer(self.policy.cache, self.journal, self.lock)
         self._database: Database | None = None
         self.pending_recovery: list[Optimization] = []
         self.last_recommendations: Recommendations | None = None
@@ -101,21 +102,14 @@ class Optimizer:
     async def advise_database(self) -> DatabaseAdvice:
         return await advise(self.database, self.policy.database)
 
-    async def optimize_database(
-        self, *, dry_run: bool, indexes: list[Candidate] | None = None, apply: bool = True
-    ) -> DatabaseResult:
-        """Apply ``indexes`` (default: the recommended ones) one by one, each measured and kept or dropped.
-
-        With ``apply`` false (auto-indexing off), only the advice is returned.
-        """
+    async def optimize_database(self, *, dry_run: bool, indexes: list[Candidate] | None = None) -> DatabaseResult:
+        """Apply ``indexes`` (default: the recommended ones) one by one, each measured and kept or dropped."""
         database = self.database
         async with self.lock:
             advice = None
             if indexes is None:
                 advice = await self.advise_database()
                 indexes = [recommendation.candidate() for recommendation in advice.recommendations]
-            if not apply:
-                return DatabaseResult(advice, [])
             service = self.policy.database.service
             applied = [
                 await apply_index(database, self.journal, self.policy.database, index, service=service, dry_run=dry_run)
@@ -414,7 +408,10 @@ def _saving(before: float, after: float) -> float:
 
 
 def _time_range(text: str) -> timedelta:
-    parsed = parse_duration(text.strip())
+    try:
+        parsed = parse_duration(text.strip())
+    except (OverflowError, ValueError):
+        parsed = None
     if not isinstance(parsed, timedelta) or not timedelta(minutes=1) <= parsed <= timedelta(days=31):
         raise BadTimeRange(
             f"timeRange: {text!r} is not a duration between 1m and 31d such as 15m, 1h or 7d",

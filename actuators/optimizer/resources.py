@@ -21,6 +21,7 @@ what the journal's ``undo`` holds (at start-up, for what a crash left unfinished
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from actuators.optimizer.journal import Kind, Optimization, OptimizationJournal, Status
 from actuators.optimizer.usage import UsageWindow
-from tmsops.errors import PermanentError
+from tmsops.errors import PermanentError, TmsopsError
 from tmsops.model_client import Forecast
 from tmsops.settings import ResourceOptimization
 from tmsops.targets.base import Target
@@ -357,7 +358,14 @@ async def apply_resources(
         await _restore_after_failure(target, journal, optimization, error)
         raise
     journal.update(optimization.id, status=Status.MEASURING)
-    return await _settle(target, journal, optimization, change, status, settle_timeout, poll_interval_s)
+    try:
+        return await _settle(target, journal, optimization, change, status, settle_timeout, poll_interval_s)
+    except BaseException as error:  # the target went away or the request was cancelled: no change left unjudged
+        with contextlib.suppress(TmsopsError):
+            await rollback_resources(
+                target, journal.get(optimization.id), journal, reason=f"waiting for the change failed ({error!r})"
+            )
+        raise
 
 
 async def rollback_resources(

@@ -12,7 +12,13 @@ from support.tms_db import fresh_database, run_workload, tms_database
 
 from actuators.optimizer.database.advisor import advise
 from actuators.optimizer.database.apply import AlreadyCovered, UnknownColumn, UnknownTable, apply_index, index_name
-from actuators.optimizer.database.connection import BadDsn, Database, DatabaseUnavailable, ExtensionMissing
+from actuators.optimizer.database.connection import (
+    BadDsn,
+    Database,
+    DatabaseUnavailable,
+    ExtensionMissing,
+    StatementFailed,
+)
 from actuators.optimizer.database.plans import Candidate
 from actuators.optimizer.journal import Kind, OptimizationJournal, Status
 from tmsops.settings import DatabaseOptimization
@@ -196,3 +202,18 @@ async def test_timing_runs_statements_read_only_so_a_select_with_side_effects_wr
             assert connection.execute("SELECT count(*) FROM seen").fetchone() == (0,)
         assert entry.status == Status.KEPT  # the count(*) statement was timed and is served by the index
         assert entry.before is not None and len([key for key in entry.before if key.lstrip("-").isdigit()]) == 1
+
+
+async def test_a_build_that_cannot_get_its_lock_fails_cleanly_and_leaves_no_index(
+    tms_dsn: str, journal: OptimizationJournal
+) -> None:
+    candidate = Candidate("shipments", ("origin",))
+    policy = DatabaseOptimization(lock_timeout="200ms")
+    with psycopg.connect(tms_dsn) as blocker:  # an open transaction holding a lock the build needs
+        blocker.execute("LOCK TABLE shipments IN SHARE ROW EXCLUSIVE MODE")
+        with pytest.raises(StatementFailed, match="lock"):
+            await apply_index(Database(tms_dsn), journal, policy, candidate, service="shipment-service")
+        blocker.rollback()
+    [entry] = journal.recent()
+    assert entry.status == Status.FAILED and "cleaned up" in entry.reason
+    assert index_name(candidate) not in indexes(tms_dsn)

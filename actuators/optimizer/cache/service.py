@@ -30,9 +30,10 @@ class CacheAnalysisPending(TemporaryError):
 
 
 class CacheOptimizer:
-    def __init__(self, policy: CacheOptimization, journal: OptimizationJournal) -> None:
+    def __init__(self, policy: CacheOptimization, journal: OptimizationJournal, lock: asyncio.Lock) -> None:
         self.policy = policy
         self.journal = journal
+        self.lock = lock  # the optimizer's: the background analysis does not run while a change is measured
         self.url = policy.redis_url.get_secret_value() if policy.redis_url is not None else None
         self.latest: CacheReport | None = None
         self.latest_error: str | None = None
@@ -134,8 +135,12 @@ class CacheOptimizer:
         while True:
             started = time.monotonic()
             try:
-                await self.analyze_now()
+                async with self.lock:
+                    await self.analyze_now()
             except TmsopsError as error:
                 self.latest_error = error.message
                 log.warning("cache analysis failed: %s", error.message)
+            except Exception as error:  # a bug must not end the refreshes silently
+                self.latest_error = repr(error)
+                log.exception("cache analysis failed")
             await asyncio.sleep(max(1.0, REFRESH_S - (time.monotonic() - started)))

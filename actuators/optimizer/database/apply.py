@@ -18,7 +18,7 @@ from typing import Any
 from actuators.optimizer.database.binding import Bound, bind
 from actuators.optimizer.database.catalog import read_catalog
 from actuators.optimizer.database.connection import Database, Session, StatementFailed
-from actuators.optimizer.database.plans import Candidate, plan, timed, uses_index
+from actuators.optimizer.database.plans import Candidate, plan, quoted, timed, uses_index
 from actuators.optimizer.database.workload import capture
 from actuators.optimizer.journal import Kind, Optimization, OptimizationJournal, Status
 from tmsops.errors import PermanentError, TmsopsError
@@ -40,17 +40,20 @@ class AlreadyCovered(PermanentError):
     http_status = 409
 
 
+class NothingToMeasure(PermanentError):
+    http_status = 409
+
+
 def index_name(candidate: Candidate) -> str:
-    """``tmsops_<table>_<columns>``, within PostgreSQL's 63 bytes, with a hash suffix when shortened."""
-    readable = re.sub(r"[^a-z0-9_]+", "_", f"{NAME_PREFIX}{candidate.table}_{'_'.join(candidate.columns)}".lower())
-    if len(readable) <= 63:
-        return readable
+    """``tmsops_<table>_<columns>_<hash>``, within PostgreSQL's 63 bytes; the hash of the exact definition
+    (names, case and directions) keeps two different candidates from sharing a name."""
     digest = hashlib.sha1(candidate.label.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9_]+", "_", f"{NAME_PREFIX}{candidate.table}_{'_'.join(candidate.columns)}".lower())
     return f"{readable[:54]}_{digest}"
 
 
 def drop_sql(name: str) -> str:
-    return f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {quoted(name)}"
 
 
 async def apply_index(
@@ -78,10 +81,16 @@ async def apply_index(
                 Kind.INDEX, service, name, "create_index", change=change, undo=undo, status=Status.DRY_RUN
             )
         before = await _read_time(session, reads)
+        timed_reads = [bound for bound in reads if str(bound.statement.queryid) in before]
+        if not timed_reads:
+            raise NothingToMeasure(
+                f"no statement of the workload that reads {candidate.table!r} can be timed: "
+                "an index there could not be measured, so it is not built",
+                details={"table": candidate.table},
+            )
         entry = journal.begin(Kind.INDEX, service, name, "create_index", change=change, undo=undo, before=before)
         try:
-            await session.execute(f"SET lock_timeout = {int(policy.lock_timeout.total_seconds() * 1000)}")
-            await session.execute(candidate.definition(name, concurrently=True))
+            await _build(session, candidate.definition(name, concurrently=True), policy)
         except TmsopsError as error:
             await session.execute(drop_sql(name))  # if this fails too, the entry stays "applying": recovery drops it
             journal.update(
@@ -90,13 +99,38 @@ async def apply_index(
             raise
         journal.update(entry.id, status=Status.MEASURING)
         try:
-            after = await _read_time(session, [bound for bound in reads if str(bound.statement.queryid) in before])
-            users = await _statements_using(session, reads, name)
+            after = await _read_time(session, timed_reads)
+            timed_after = [bound for bound in timed_reads if str(bound.statement.queryid) in after]
+            users = await _statements_using(session, timed_after, name)
         except BaseException as error:
             await session.execute(drop_sql(name))
             journal.update(entry.id, status=Status.ROLLED_BACK, reason=f"measuring failed ({error!r}); index dropped")
             raise
-        return await _verdict(session, journal, entry, before, {**after, "used_by": users}, policy.min_gain)
+        both = {key for key in before if key in after and key != "weighted_ms"}
+        before = {**before, "weighted_ms": _weighted(timed_reads, before, both)}
+        verdict_after: dict[str, Any] = {**after, "weighted_ms": _weighted(timed_reads, after, both), "used_by": users}
+        return await _verdict(session, journal, entry, before, verdict_after, policy.min_gain)
+
+
+async def _build(session: Session, definition: str, policy: DatabaseOptimization) -> None:
+    """``CREATE INDEX CONCURRENTLY`` under the lock timeout and without a statement timeout (a build of a
+    large table takes what it takes); both set back after, so a clean-up is not cut short by the lock one."""
+    await session.execute(f"SET lock_timeout = {int(policy.lock_timeout.total_seconds() * 1000)}")
+    await session.execute("SET statement_timeout = 0")
+    try:
+        await session.execute(definition)
+    finally:
+        await session.execute("RESET lock_timeout")
+        await session.execute(f"SET statement_timeout = {int(policy.statement_timeout.total_seconds() * 1000)}")
+
+
+def _weighted(reads: list[Bound], times: dict[str, Any], keys: set[str]) -> float:
+    """Call-weighted time of the statements in ``keys`` (those timed both before and after), ms."""
+    return sum(
+        bound.statement.calls * float(times[str(bound.statement.queryid)])
+        for bound in reads
+        if str(bound.statement.queryid) in keys
+    )
 
 
 async def _verdict(
@@ -150,9 +184,12 @@ async def _reads_on(session: Session, candidate: Candidate, policy: DatabaseOpti
     unknown = [column for column in candidate.columns if column not in table.columns]
     if unknown:
         raise UnknownColumn(f"table {candidate.table!r} has no column {', '.join(map(repr, unknown))}")
-    covering = catalog.covered(candidate.table, candidate.columns)
+    covering = catalog.covered(candidate.table, candidate.columns) if not candidate.descending else None
     if covering is not None:
         raise AlreadyCovered(f"the index {covering.name!r} already covers {candidate.label}")
+    name = index_name(candidate)
+    if any(index.name == name for index in catalog.indexes):
+        raise AlreadyCovered(f"an index named {name!r} exists already (an earlier change): {candidate.label}")
     statements = await capture(session, catalog, min_calls=1)
     reads = [s for s in statements if s.is_read and candidate.table in s.shape.table_names]
     bound, _ = await bind(session, reads, catalog)
@@ -175,8 +212,15 @@ async def _read_time(session: Session, reads: list[Bound]) -> dict[str, float]:
                 log.info("statement %d left out of the timing: %s", bound.statement.queryid, error.message)
     finally:
         await session.execute("SET default_transaction_read_only = off")
-    weighted = sum(bound.statement.calls * times.get(str(bound.statement.queryid), 0.0) for bound in reads)
-    return {**times, "weighted_ms": weighted}
+    return {**times, "weighted_ms": _weighted(reads, times, set(times))}
 
 
-__all__ = ["AlreadyCovered", "StatementFailed", "UnknownColumn", "UnknownTable", "apply_index", "rollback_index"]
+__all__ = [
+    "AlreadyCovered",
+    "NothingToMeasure",
+    "StatementFailed",
+    "UnknownColumn",
+    "UnknownTable",
+    "apply_index",
+    "rollback_index",
+]

@@ -11,6 +11,7 @@ and is left out of plans and measurements (and said to be so).
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import defaultdict
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from actuators.optimizer.database.catalog import Catalog
-from actuators.optimizer.database.connection import Session
+from actuators.optimizer.database.connection import Session, StatementFailed
 from actuators.optimizer.database.workload import Statement
 
 Binding = list[str | None]
+log = logging.getLogger(__name__)
 Observed = dict[tuple[int, str, str], list[str]]  # (queryid, table, column) -> constants, repeated by use
 
 _OBSERVED = """
@@ -102,7 +104,12 @@ async def observed_constants(session: Session) -> Observed:
     if not rows:
         return {}
     found: Observed = defaultdict(list)
-    for row in await session.rows(_OBSERVED):
+    try:
+        rows = await session.rows(_OBSERVED)
+    except StatementFailed as error:  # created but not preloaded, for one: sample the columns instead
+        log.info("pg_qualstats unreadable, parameters sampled from the columns: %s", error.message)
+        return {}
+    for row in rows:
         value = constant_text(str(row["constvalue"]))
         if value is not None:
             key = (int(row["queryid"]), str(row["table"]), str(row["column"]))

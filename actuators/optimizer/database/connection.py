@@ -120,13 +120,19 @@ class Session:
 
 @contextmanager
 def _wrapped(sql: str) -> Iterator[None]:
-    """A lost connection as DatabaseUnavailable (temporary), any other database error as StatementFailed."""
+    """Database errors by SQLSTATE: a lost connection or a server shutting down is DatabaseUnavailable
+    (temporary); an extension created but not preloaded is ExtensionMissing; anything else (a timeout,
+    a lock not granted, a refused statement) is StatementFailed, with the server's message."""
     try:
         yield
-    except psycopg.OperationalError as error:
-        raise DatabaseUnavailable(f"the database connection failed: {_first_line(error)}") from error
     except psycopg.Error as error:
-        raise StatementFailed(f"{_first_line(error)} (in: {sql[:200]})") from error
+        state = error.sqlstate or ""
+        message = _first_line(error)
+        if state.startswith("08") or state in ("57P01", "57P02", "57P03") or (not state and error.pgconn is None):
+            raise DatabaseUnavailable(f"the database connection failed: {message}") from error
+        if "shared_preload_libraries" in message:
+            raise ExtensionMissing(f"{message}: add it to shared_preload_libraries and restart PostgreSQL") from error
+        raise StatementFailed(f"{message} (in: {sql[:200]})") from error
 
 
 def _first_line(error: BaseException) -> str:

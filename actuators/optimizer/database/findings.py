@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from actuators.optimizer.database.catalog import Catalog, Index
+from actuators.optimizer.database.plans import quoted
 
 
 class IndexFinding(BaseModel):
@@ -51,5 +52,5 @@ def _finding(kind: Literal["unused", "duplicate", "invalid"], index: Index, reas
         table=index.table,
         size_bytes=index.size_bytes,
         reason=reason,
-        drop_sql=f'DROP INDEX CONCURRENTLY IF EXISTS "{index.name}"',
+        drop_sql=f"DROP INDEX CONCURRENTLY IF EXISTS {quoted(index.name)}",
     )

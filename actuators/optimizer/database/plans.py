@@ -24,13 +24,13 @@ class Candidate:
     def column_list(self) -> str:
         directions = self.descending or (False,) * len(self.columns)
         return ", ".join(
-            _quoted(name) + (" DESC" if desc else "") for name, desc in zip(self.columns, directions, strict=True)
+            quoted(name) + (" DESC" if desc else "") for name, desc in zip(self.columns, directions, strict=True)
         )
 
     def definition(self, name: str | None = None, *, concurrently: bool = False) -> str:
         how = "CONCURRENTLY " if concurrently else ""
-        called = f"{_quoted(name)} " if name else ""
-        return f"CREATE INDEX {how}{called}ON {_quoted(self.table)} USING btree ({self.column_list()})"
+        called = f"{quoted(name)} " if name else ""
+        return f"CREATE INDEX {how}{called}ON {quoted(self.table)} USING btree ({self.column_list()})"
 
     @property
     def label(self) -> str:
@@ -89,5 +89,6 @@ def uses_index(node: dict[str, Any]) -> list[str]:
     return names
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
+    """``name`` as a PostgreSQL identifier, double quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
