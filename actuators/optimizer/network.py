@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
-
+from actuators.optimizer.models import CamelModel
 from tmsops.fleet import metrics as fleet
 from tmsops.metrics_source import PrometheusSource, Sample
 from tmsops.promql import escape_string, render_window
@@ -43,11 +41,7 @@ QUANTILES = {"p50_ms": 0.5, "p95_ms": 0.95, "p99_ms": 0.99}
 AdviceKind = Literal["timeout", "retries", "connection_reuse", "error_prone"]
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-
-class RouteMetrics(Model):
+class RouteMetrics(CamelModel):
     """The fetched numbers of one route over the window; latency None where there was no traffic."""
 
     route: str
@@ -59,7 +53,7 @@ class RouteMetrics(Model):
     p99_ms: float | None = None
 
 
-class NetworkMetrics(Model):
+class NetworkMetrics(CamelModel):
     """The fetched numbers of one service over ``window``; connection and in-flight numbers are None
     where the metrics do not exist (Kubernetes without the fleet's proxy)."""
 
@@ -73,7 +67,7 @@ class NetworkMetrics(Model):
     max_in_flight: float | None = None
 
 
-class RouteReport(Model):
+class RouteReport(CamelModel):
     route: str
     requests_per_second: float
     error_rate: float | None
@@ -85,14 +79,14 @@ class RouteReport(Model):
     timeout_ms: float | None
 
 
-class HotSpot(Model):
+class HotSpot(CamelModel):
     route: str
     time_share: float
     p95_ms: float | None
     why: str
 
 
-class Advice(Model):
+class Advice(CamelModel):
     """One recommendation; ``value`` is a timeout in ms (``timeout``), a share of requests (``retries``:
     the budget or a route's error rate; ``connection_reuse``: new connections per request;
     ``error_prone``: the error rate)."""
@@ -103,7 +97,7 @@ class Advice(Model):
     value: float | None = None
 
 
-class NetworkReport(Model):
+class NetworkReport(CamelModel):
     service: str
     window: str
     requests_per_second: float

@@ -29,10 +29,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
-
 from actuators.optimizer.journal import Kind, Optimization, OptimizationJournal, Status
+from actuators.optimizer.models import CamelModel
 from actuators.optimizer.usage import UsageWindow
 from tmsops.errors import PermanentError, TmsopsError
 from tmsops.model_client import Forecast
@@ -75,11 +73,7 @@ class RecommendationMismatch(PermanentError):
     http_status = 422
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-
-class UsagePercentiles(Model):
+class UsagePercentiles(CamelModel):
     """The per-replica usage the recommendation was computed from."""
 
     source: str
@@ -95,14 +89,14 @@ class UsagePercentiles(Model):
     restarts: int = 0
 
 
-class Savings(Model):
+class Savings(CamelModel):
     """Requests freed over all replicas (negative: more is needed); None when nothing was requested."""
 
     cpu_cores: float | None = None
     memory_bytes: int | None = None
 
 
-class ResourceRecommendation(Model):
+class ResourceRecommendation(CamelModel):
     service: str
     enough_data: bool
     replicas: int

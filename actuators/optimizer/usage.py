@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
+from actuators.optimizer.models import CamelModel
 from tmsops.errors import PermanentError, TemporaryError, TmsopsError
 from tmsops.fleet import metrics as fleet_metrics
 from tmsops.metrics_source import PrometheusSource
@@ -49,11 +49,7 @@ log = logging.getLogger("tmsops.optimizer")
 Source = Literal["sampler", "prometheus"]
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-
-class ReplicaSample(Model):
+class ReplicaSample(CamelModel):
     """One replica's usage at one time; ``replica`` is ``mean`` for a per-replica mean from Prometheus."""
 
     at: datetime
@@ -62,15 +58,15 @@ class ReplicaSample(Model):
     memory_bytes: int
 
 
-class UsageWindow(Model):
+class UsageWindow(CamelModel):
     """What a recommendation is computed from: samples, demand (requests/s) and restarts in the window."""
 
     service: str
     source: Source
     start: datetime | None = None
     end: datetime | None = None
-    samples: list[ReplicaSample] = []
-    demand: list[float] = []
+    samples: list[ReplicaSample] = Field(default_factory=list)
+    demand: list[float] = Field(default_factory=list)
     restarts: int = 0
     note: str = ""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import shutil
 import signal
 import socket
@@ -14,10 +13,10 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import httpx
 import pytest
+from support.services import require_service
 
 # Metrics served by the scraped process; test_prometheus_loader.py asserts these exact values.
 EXPORTER_JOB = "tmsops_exporter"
@@ -66,16 +65,6 @@ scrape_configs:
 _STARTUP_DEADLINE_S = 30.0
 # Enough history that a range ending a few seconds ago holds several points.
 _SAMPLES_BEFORE_READY = 8
-
-
-def require_service(name: str, reason: str) -> NoReturn:
-    """Skip the test because ``name`` is unavailable, or fail if TMSOPS_REQUIRE_SERVICES=1 (as in CI)."""
-    if os.environ.get("TMSOPS_REQUIRE_SERVICES") == "1":
-        pytest.fail(
-            f"{name} is required (TMSOPS_REQUIRE_SERVICES=1) but {reason}",
-            pytrace=False,
-        )
-    pytest.skip(f"{name} unavailable: {reason}")
 
 
 def _die_with_parent() -> Callable[[], object] | None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import time
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,9 +13,9 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
-from conftest import require_service, spawn, stop_process, tail
 from pydantic import SecretStr
 from support.net import free_port
+from support.redis_server import redis_server
 
 from actuators.optimizer.cache.advisor import CacheAdvisor
 from actuators.optimizer.cache.apply import CacheChange, apply_change, recover, rollback
@@ -31,44 +29,19 @@ from tmsops.state import make_engine
 pytestmark = pytest.mark.anyio
 
 KEYS = 2000
-START_TIMEOUT_S = 10.0
 StartRedis = Callable[..., str]
 
 
 @pytest.fixture
 def start_redis(tmp_path: Path) -> Iterator[StartRedis]:
     """Starts ``redis-server`` processes (extra arguments allowed) on free ports; returns their URLs."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        require_service("redis-server", "no `redis-server` binary on PATH (Debian package `redis-server`)")
-    processes: list[subprocess.Popen[str]] = []
+    numbers = itertools.count()
+    with contextlib.ExitStack() as servers:
 
-    def start(*extra: str) -> str:
-        port = free_port()
-        workdir = tmp_path / f"redis-{port}"
-        workdir.mkdir()
-        log = workdir / "redis.log"
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        process = spawn([*args, "--dir", str(workdir), *extra], log)
-        processes.append(process)
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.AuthenticationError:  # up, with a password
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start:\n{tail(log)}", pytrace=False)
-                time.sleep(0.02)
-        client.close()
-        return f"redis://127.0.0.1:{port}/0"
+        def start(*extra: str) -> str:
+            return servers.enter_context(redis_server(tmp_path / f"redis-{next(numbers)}", *extra))
 
-    yield start
-    for process in processes:
-        stop_process(process)
+        yield start
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import redis
 
 from support.net import free_port
+from support.services import require_service
 from tmsops.fleet.replica import die_with_parent
 
 START_TIMEOUT_S = 10.0
@@ -25,10 +25,7 @@ def redis_server(workdir: Path, *extra: str) -> Iterator[str]:
     """Start ``redis-server`` (with ``extra`` arguments) in ``workdir``; yields its URL; stops it after."""
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "no `redis-server` binary on PATH (Debian package `redis-server`)"
-        if os.environ.get("TMSOPS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"redis-server is required (TMSOPS_REQUIRE_SERVICES=1) but {message}")
-        pytest.skip(message)
+        require_service("redis-server", "no `redis-server` binary on PATH (Debian package `redis-server`)")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
@@ -43,6 +40,8 @@ def redis_server(workdir: Path, *extra: str) -> Iterator[str]:
         while True:
             try:
                 client.ping()
+                break
+            except redis.AuthenticationError:  # up, with a password
                 break
             except redis.ConnectionError:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -6,11 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import psycopg
-import pytest
 from psycopg.conninfo import make_conninfo
 
+from support.services import require_service
 from tmsops.demo.tms_database import Workload, load
 
 ADMIN_DSN = os.environ.get("TMSOPS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -18,10 +19,8 @@ EXTENSIONS = ("pg_stat_statements", "hypopg", "pg_qualstats")
 CUSTOMERS, SHIPMENTS = 3_000, 30_000
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("TMSOPS_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"PostgreSQL with the optimizer's extensions is required (TMSOPS_REQUIRE_SERVICES=1) but {reason}")
-    pytest.skip(f"PostgreSQL with the optimizer's extensions unavailable: {reason}")
+def unavailable(reason: str) -> NoReturn:
+    require_service("PostgreSQL with the optimizer's extensions", reason)
 
 
 @contextmanager

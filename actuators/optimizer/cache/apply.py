@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,18 +150,10 @@ async def apply_change(
             "predicted_hit_rate": change.predicted_hit_rate,
         }
         undo = {"redis": where, "settings": current}
+        begin = functools.partial(journal.begin, Kind.CACHE, service, subject, ACTION, change=document, undo=undo)
         if dry_run:
             return await asyncio.to_thread(
-                journal.begin,
-                Kind.CACHE,
-                service,
-                subject,
-                ACTION,
-                change=document,
-                undo=undo,
-                before={"settings": current},
-                status=Status.DRY_RUN,
-                reason="dry run: nothing was changed",
+                begin, before={"settings": current}, status=Status.DRY_RUN, reason="dry run: nothing was changed"
             )
         with redis_errors_wrapped("measure the hit rate before the change", where):
             before = await measure_hit_rate(client, window_s)
@@ -170,16 +163,7 @@ async def apply_change(
                 "retry while the service has traffic",
                 details={"redis": where, "lookups": before.lookups},
             )
-        entry = await asyncio.to_thread(
-            journal.begin,
-            Kind.CACHE,
-            service,
-            subject,
-            ACTION,
-            change=document,
-            undo=undo,
-            before={"settings": current, **before.model_dump()},
-        )
+        entry = await asyncio.to_thread(begin, before={"settings": current, **before.model_dump()})
         measurement = _Measurement(before, target_hit_rate, window_s, settle_s, tolerance)
         return await _change_and_verify(journal, entry, client, where, change, measurement)
     finally:
