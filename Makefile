@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install tmsops with its dependencies (idempotent)
 
-run: install train summary up ## install, train (dvc repro), print the models, start the platform (tmsops up)
+run: install train summary ## install, train (dvc repro, skipped when up to date), start the demo platform (tmsops up --demo)
+	$(BIN)/tmsops up --demo
 
 train: install ## run the retraining pipeline; stages whose inputs did not change are skipped
 	$(BIN)/dvc repro

@@ -1,12 +1,16 @@
-"""``tmsops up``: start the platform's processes, wait until each is healthy, print where they are.
+"""``tmsops up | down | status``: start the platform's processes, stop them, say how they are.
 
-The parts: the model server, the local fleet, the autoscaler, the optimizer and the chaos service.
+The parts: the MLflow UI, the model server, the local fleet, the autoscaler, the optimizer and
+the chaos service; with ``--demo``, also the demo's story (:mod:`tmsops.demo.scenario`:
+traffic, a chaos experiment, the optimizer's index advice).
 
 The processes start in order (the model server first: the services call it), each in its own
-process group with its output in ``<stateDir>/logs/<name>.log``. A process that exits or is
-not healthy in time stops the start-up: what was started is stopped again and the error
-shows the end of its log. Ctrl-C (or SIGTERM) stops everything in reverse order: SIGTERM to
-each process group, SIGKILL after a grace period, so no process is left behind.
+process group with its output in ``<stateDir>/logs/<name>.log``; a part that nothing waits
+on (the MLflow UI) starts first and is waited for at the end. A process that exits or is not
+healthy in time stops the start-up: what was started is stopped again and the error shows
+the end of its log. Ctrl-C (or SIGTERM, which ``tmsops down`` sends through
+``<stateDir>/up.pid``) stops everything in reverse order: SIGTERM to each process group,
+SIGKILL after a grace period, so no process is left behind.
 
 The core runs the wings only as commands (``python -m actuators.autoscaler``), never imports them.
 """
@@ -14,32 +18,49 @@ The core runs the wings only as commands (``python -m actuators.autoscaler``), n
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import httpx
+import psutil
 
-from tmsops.auth import ensure_admin_token
+from tmsops.auth import TOKEN_PREFIX, Scope, TokenStore, ensure_admin_token
 from tmsops.errors import PermanentError
 from tmsops.settings import CoreSettings, FleetSettings
+from tmsops.state import make_engine
 
 STOP_GRACE_S = 15.0
 POLL_S = 0.25
+PID_FILE = "up.pid"
+MLFLOW_UI_PORT = 5000
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
 @dataclass(frozen=True)
 class Part:
+    """One process of the platform. Without ``health_url`` it counts as started while it runs.
+
+    ``wait``: the next part starts only once this one is healthy (otherwise it is waited for
+    after the others). ``console``: its output goes to the terminal as well as to its log.
+    """
+
     name: str
     command: list[str]
-    health_url: str
+    health_url: str | None
     start_timeout_s: float
     url: str
+    wait: bool = True
+    console: bool = False
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class StartUpFailed(PermanentError):
@@ -54,9 +75,27 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
     autoscaler = f"http://{host}:{settings.ports.autoscaler}"
     chaos = f"http://{host}:{settings.ports.chaos}"
     optimizer = f"http://{host}:{settings.ports.optimizer}"
+    mlflow = f"http://{host}:{MLFLOW_UI_PORT}"
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    mlflow_ui = [python, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]
     return [
-        Part("model server", [python, "-m", "serving"], f"{model_server}/readyz", 300.0, f"{model_server}/docs"),
-        Part("fleet", [python, "-m", "tmsops.fleet", "run"], f"{control}/health", 120.0, f"{control}/docs"),
+        Part(
+            "mlflow ui",
+            [*mlflow_ui, "--host", host, "--port", str(MLFLOW_UI_PORT)],
+            f"{mlflow}/health",
+            180.0,
+            mlflow,
+            wait=False,
+        ),
+        Part(
+            "model server",
+            [python, "-m", "serving"],
+            f"{model_server}/readyz",
+            300.0,
+            f"{model_server}/docs",
+            env={"TMSOPS_SERVING_TRACKING_URI": os.environ.get("TMSOPS_SERVING_TRACKING_URI", tracking_uri)},
+        ),
+        Part("fleet", [python, "-m", "tmsops.fleet", "run"], f"{control}/health", 180.0, f"{control}/docs"),
         Part(
             "autoscaler",
             [python, "-m", "actuators.autoscaler"],
@@ -69,24 +108,123 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
     ]
 
 
+def demo_part(token: str) -> Part:
+    """The demo's story: traffic, a chaos experiment, the optimizer's advice (prints to the terminal)."""
+    command = [sys.executable, "-m", "tmsops.demo.scenario"]
+    return Part("demo", command, None, 10.0, "", console=True, env={"TMSOPS_DEMO_TOKEN": token})
+
+
 @dataclass
 class Started:
     part: Part
     process: subprocess.Popen[bytes]
     log: Path
+    at: float = field(default_factory=time.monotonic)
 
 
-def up(settings: CoreSettings, fleet: FleetSettings, parts: list[Part] | None = None) -> None:
-    """Start every part, print the URLs and the admin token, and wait until interrupted."""
+def up(settings: CoreSettings, fleet: FleetSettings, *, config: Path | None = None, demo: bool = False) -> None:
+    """Start every part, print the URLs and the admin token, and wait until interrupted.
+
+    ``config``: the settings file, passed on to every part. ``demo``: run the demo's story too.
+    """
     token = ensure_admin_token(settings.state_dir, database_url=settings.database_url)
-    with running(parts or platform_parts(settings, fleet), settings.state_dir / "logs") as started:
-        print("tmsops is up:")
+    parts = platform_parts(settings, fleet)
+    if demo:
+        parts.append(demo_part(issue_token(settings, "demo", Scope.OPERATE)))
+    if config is not None:
+        parts = [replace(part, env={**part.env, "TMSOPS_CONFIG": str(config.resolve())}) for part in parts]
+    started_at = time.monotonic()
+    with pid_file(settings.state_dir), running(parts, settings.state_dir / "logs") as started:
+        print(f"tmsops is up ({time.monotonic() - started_at:.0f} s):")
         for item in started:
-            print(f"  {item.part.name:<13} {item.part.url}   (log: {item.log})")
+            if item.part.url:
+                print(f"  {item.part.name:<13} {item.part.url}   (log: {item.log})")
         if token:
             print(f"admin token (shown once, keep it): {token}")
-        print("Ctrl-C stops everything.", flush=True)
+        else:
+            print("admin token: printed when it was created; `tmsops token NAME --scope admin` makes another")
+        print("Ctrl-C (or `tmsops down`) stops everything.", flush=True)
         wait_for_exit(started)
+
+
+def issue_token(settings: CoreSettings, name: str, scope: Scope) -> str:
+    """A fresh token ``name`` in the state store (it replaces one of that name)."""
+    engine = make_engine(settings.state_database_url)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    try:
+        TokenStore(engine).register(secret, name, scope)
+        return secret
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def pid_file(state_dir: Path) -> Iterator[Path]:
+    """``<state_dir>/up.pid`` while ``up`` runs; refuses a second ``up`` on the same state."""
+    path = state_dir / PID_FILE
+    running_pid = read_pid(path)
+    if running_pid is not None:
+        raise StartUpFailed(f"tmsops is already up (pid {running_pid}); `tmsops down` stops it")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield path
+    finally:
+        with suppress(FileNotFoundError):
+            if read_pid(path) == os.getpid():
+                path.unlink()
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in ``path`` if that process still runs; a stale file is removed."""
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        return pid
+    with suppress(FileNotFoundError):
+        path.unlink()
+    return None
+
+
+def down(state_dir: Path, timeout_s: float = 120.0) -> int | None:
+    """Stop the ``tmsops up`` of ``state_dir`` and wait until it has stopped every part; its pid, or None."""
+    pid = read_pid(state_dir / PID_FILE)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired as error:
+        raise StartUpFailed(f"tmsops up (pid {pid}) has not stopped within {timeout_s:.0f} s") from error
+    return pid
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    name: str
+    url: str
+    healthy: bool
+    detail: str
+
+
+def status(settings: CoreSettings, fleet: FleetSettings) -> list[PartStatus]:
+    """Each part's health, as its health endpoint answers now."""
+    answers = []
+    with httpx.Client(timeout=3.0) as client:
+        for part in platform_parts(settings, fleet):
+            assert part.health_url is not None
+            try:
+                response = client.get(part.health_url)
+            except httpx.HTTPError as error:
+                answers.append(PartStatus(part.name, part.url, False, f"not reachable ({type(error).__name__})"))
+                continue
+            healthy = response.status_code == 200
+            answers.append(PartStatus(part.name, part.url, healthy, f"HTTP {response.status_code}"))
+    return answers
 
 
 @contextmanager
@@ -95,8 +233,12 @@ def running(parts: list[Part], logs: Path) -> Iterator[list[Started]]:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for part in parts:
+            if part.health_url is None:  # a client of the platform (the demo's story): once all is healthy
+                _wait_all_healthy(started)
             started.append(_start(part, logs))
-            _wait_healthy(started[-1])
+            if part.wait:
+                _wait_healthy(started[-1])
+        _wait_all_healthy(started)
         yield started
     except KeyboardInterrupt:
         pass
@@ -119,15 +261,41 @@ def _start(part: Part, logs: Path) -> Started:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{part.name.replace(' ', '-')}.log"
     print(f"starting {part.name} ...", flush=True)
+    env = {**os.environ, **part.env}
     with log.open("ab") as output:
         process = subprocess.Popen(
-            part.command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            part.command,
+            stdout=subprocess.PIPE if part.console else output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
+    if process.stdout is not None:
+        threading.Thread(target=_tee, args=(process.stdout, log), daemon=True, name=f"{part.name} output").start()
     return Started(part, process, log)
 
 
+def _tee(output: IO[bytes], log: Path) -> None:
+    """Copy a console part's output, line by line, to the terminal and to its log."""
+    with output, log.open("ab") as copy:
+        for line in output:
+            copy.write(line)
+            copy.flush()
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+
+
+def _wait_all_healthy(started: list[Started]) -> None:
+    for item in started:
+        if not item.part.wait:
+            _wait_healthy(item)
+
+
 def _wait_healthy(item: Started) -> None:
-    deadline = time.monotonic() + item.part.start_timeout_s
+    deadline = item.at + item.part.start_timeout_s
+    if item.part.health_url is None:
+        return
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if item.process.poll() is not None:

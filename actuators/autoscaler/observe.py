@@ -42,6 +42,8 @@ class Observer:
             memory_utilization=memory_utilization(status, usage),
             demand=demand,
             demand_at=now - window_s / 2,
+            min_replicas=status.min_replicas,
+            max_replicas=status.max_replicas,
         )
         return observation, status
 

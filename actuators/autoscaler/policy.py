@@ -72,7 +72,8 @@ class Observation:
     """What is known about the service now; utilisation in percent of the replicas' requests.
 
     ``demand`` is a rate measured over a window that ends now; ``demand_at`` is the middle of
-    that window, the time the rate describes (``at`` when not given).
+    that window, the time the rate describes (``at`` when not given). ``min_replicas`` and
+    ``max_replicas`` are the target's own bounds for the service, which win over the policy's.
     """
 
     at: float
@@ -81,6 +82,8 @@ class Observation:
     memory_utilization: float | None = None
     demand: float | None = None
     demand_at: float | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -318,7 +321,9 @@ class ServicePolicy:
         up_limit = max(math.floor(current * (1 + config.scale_up_percent / 100)), current + config.scale_up_pods)
         down_limit = math.ceil(current * (1 - config.scale_down_percent / 100))
         desired = min(max(desired, down_limit), up_limit)
-        return min(max(desired, config.min_replicas), config.max_replicas)
+        desired = min(max(desired, config.min_replicas), config.max_replicas)
+        low, high = observation.min_replicas, observation.max_replicas
+        return min(max(desired, low if low is not None else 0), high if high is not None else desired)
 
     def _reason(self, why: str, sizing: Sizing, blended: int, desired: int) -> str:
         parts = [f"reactive: {why}"]

@@ -207,3 +207,12 @@ def test_a_weight_of_zero_leaves_the_forecast_out() -> None:
     )
     assert (decision.predictive, decision.desired) == (11, 2)  # upper bound 1000 + 2 x 100 = 1200/s at 77%
     assert "predictionWeight 0: the forecast is left out" in decision.reason
+
+
+def test_the_targets_own_bounds_win_over_the_policys() -> None:
+    """The fleet or the Deployment refuses a count outside its own min/max: the decision stays within them."""
+    policy = ServicePolicy("svc", PolicyConfig(min_replicas=1, max_replicas=10))
+    quiet = Observation(at=0.0, replicas=4, cpu_utilization=5.0, min_replicas=4, max_replicas=6)
+    assert policy.decide(quiet, None).desired == 4
+    busy = Observation(at=1.0, replicas=4, cpu_utilization=300.0, min_replicas=4, max_replicas=6)
+    assert policy.decide(busy, None).desired == 6

@@ -51,7 +51,9 @@ class StatementFailed(PermanentError):
 class Database:
     """One PostgreSQL database, reached with ``dsn``; a fresh autocommit connection per unit of work."""
 
-    def __init__(self, dsn: str, *, statement_timeout: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(
+        self, dsn: str, *, statement_timeout: timedelta = timedelta(seconds=60), schemas: Sequence[str] = ()
+    ) -> None:
         try:
             self.conninfo = psycopg.conninfo.make_conninfo(dsn)
             parts = psycopg.conninfo.conninfo_to_dict(self.conninfo)
@@ -59,6 +61,8 @@ class Database:
             raise BadDsn(f"{DSN_SETTING} is not a valid PostgreSQL connection string: {error}") from error
         self.name = str(parts.get("dbname") or parts.get("user") or "postgres")
         self.statement_timeout_ms = int(statement_timeout.total_seconds() * 1000)
+        # schemas analysed besides the connection's search_path (where the extensions usually are)
+        self.search_path = ", ".join('"' + schema.replace('"', '""') + '"' for schema in schemas)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Session]:
@@ -73,6 +77,11 @@ class Database:
         try:
             session = Session(connection)
             await session.execute(f"SET statement_timeout = {self.statement_timeout_ms}")
+            if self.search_path:
+                await session.execute(
+                    "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), false)",
+                    (self.search_path,),
+                )
             yield session
         finally:
             await connection.close()
