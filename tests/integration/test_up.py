@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from support.net import free_port
 
-from tmsops.up import Part, StartUpFailed, running
+from tmsops.up import PID_FILE, Part, StartUpFailed, down, pid_file, read_pid, running
 
 
 def http_part(name: str) -> Part:
@@ -46,3 +49,54 @@ def test_a_part_that_exits_stops_the_start_and_the_parts_before_it(tmp_path: Pat
     ):
         pass
     assert children() <= before
+
+
+def test_a_part_nothing_waits_for_is_healthy_before_the_platforms_clients_start(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The MLflow UI starts first but is waited for last; a part without a health URL (the demo's
+    story) starts only once every other part is healthy, and its output reaches the terminal too."""
+    slow = http_part("slow")
+    slow = Part(
+        slow.name,
+        [
+            sys.executable,
+            "-c",
+            f"import time, runpy, sys; time.sleep(2); sys.argv = {slow.command[2:]!r}; "
+            "runpy.run_module('http.server', run_name='__main__')",
+        ],
+        slow.health_url,
+        30.0,
+        slow.url,
+        wait=False,
+    )
+    probe = f"import urllib.request; print('story sees', urllib.request.urlopen({slow.health_url!r}).status)"
+    story = Part("story", [sys.executable, "-c", probe], None, 10.0, "", console=True)
+    with running([slow, http_part("first"), story], tmp_path) as started:
+        started[-1].process.wait(timeout=30)
+        time.sleep(0.5)  # the copy of the output runs on a thread
+    assert "story sees 200" in capfd.readouterr().out
+    assert "story sees 200" in (tmp_path / "story.log").read_text()
+
+
+def test_a_second_up_on_the_same_state_is_refused_and_down_stops_the_first(tmp_path: Path) -> None:
+    with pid_file(tmp_path) as path:
+        assert read_pid(path) == os.getpid()
+        refused = pytest.raises(StartUpFailed, match=rf"already up \(pid {os.getpid()}\); `tmsops down` stops it")
+        with refused, pid_file(tmp_path):
+            pass
+    assert not (tmp_path / PID_FILE).exists()
+    assert down(tmp_path) is None  # nothing running
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / PID_FILE).write_text(f"{sleeper.pid}\n")
+    assert down(tmp_path, timeout_s=30) == sleeper.pid
+    sleeper.wait(timeout=5)  # down() reaped it already (it is this test's child): it has stopped
+    assert not psutil.pid_exists(sleeper.pid)
+
+
+def test_a_stale_pid_file_is_removed(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / PID_FILE).write_text(finished.stdout)
+    assert read_pid(tmp_path / PID_FILE) is None
+    assert not (tmp_path / PID_FILE).exists()
