@@ -77,7 +77,8 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
     optimizer = f"http://{host}:{settings.ports.optimizer}"
     mlflow = f"http://{host}:{MLFLOW_UI_PORT}"
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    mlflow_ui = [python, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]
+    # one worker and no job runner (MLflow's own background jobs): a UI for one person on one machine
+    mlflow_ui = [python, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--workers", "1"]
     return [
         Part(
             "mlflow ui",
@@ -86,6 +87,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
             180.0,
             mlflow,
             wait=False,
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
         Part(
             "model server",
@@ -228,7 +230,7 @@ def status(settings: CoreSettings, fleet: FleetSettings) -> list[PartStatus]:
 
 
 @contextmanager
-def running(parts: list[Part], logs: Path) -> Iterator[list[Started]]:
+def running(parts: list[Part], logs: Path, grace_s: float = STOP_GRACE_S) -> Iterator[list[Started]]:
     started: list[Started] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -243,9 +245,17 @@ def running(parts: list[Part], logs: Path) -> Iterator[list[Started]]:
     except KeyboardInterrupt:
         pass
     finally:
-        for item in reversed(started):
-            _stop(item)
-        signal.signal(signal.SIGTERM, previous)
+        # a second Ctrl-C must not cut the stop short: that is how processes are left behind
+        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if started:
+                _say(f"stopping {len(started)} part(s), at most {grace_s:.0f} s each ...")
+            for item in reversed(started):
+                _stop(item, grace_s)
+        finally:
+            signal.signal(signal.SIGINT, previous_interrupt)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def wait_for_exit(started: list[Started]) -> None:
@@ -260,7 +270,7 @@ def wait_for_exit(started: list[Started]) -> None:
 def _start(part: Part, logs: Path) -> Started:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{part.name.replace(' ', '-')}.log"
-    print(f"starting {part.name} ...", flush=True)
+    _say(f"starting {part.name} ...")
     env = {**os.environ, **part.env}
     with log.open("ab") as output:
         process = subprocess.Popen(
@@ -282,8 +292,9 @@ def _tee(output: IO[bytes], log: Path) -> None:
         for line in output:
             copy.write(line)
             copy.flush()
-            sys.stdout.write(line.decode(errors="replace"))
-            sys.stdout.flush()
+            with suppress(OSError, ValueError):
+                sys.stdout.write(line.decode(errors="replace"))
+                sys.stdout.flush()
 
 
 def _wait_all_healthy(started: list[Started]) -> None:
@@ -309,18 +320,43 @@ def _wait_healthy(item: Started) -> None:
     )
 
 
-def _stop(item: Started) -> None:
-    if item.process.poll() is not None:
-        return
-    with suppress(ProcessLookupError):
-        os.killpg(item.process.pid, signal.SIGTERM)
-    try:
-        item.process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(item.process.pid, signal.SIGKILL)
-        item.process.wait()
-    print(f"stopped {item.part.name}", flush=True)
+def _stop(item: Started, grace_s: float) -> None:
+    """SIGTERM to the part's process group, SIGKILL to what is left of it after the grace period.
+
+    The whole group, not only the process started: a part's workers (MLflow's, BentoML's, the
+    fleet's replicas) may outlive it otherwise.
+    """
+    group = item.process.pid
+    _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _group_members(item) and time.monotonic() < deadline:
+        time.sleep(POLL_S / 5)
+    if _group_members(item):
+        _signal_group(group, signal.SIGKILL)
+    item.process.wait()
+    _say(f"stopped {item.part.name}")
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _group_members(item: Started) -> list[int]:
+    """The live (not zombie) processes of the part's process group; the part's own is reaped first."""
+    item.process.poll()
+    members = []
+    for process in psutil.process_iter(["pid", "status"]):
+        with suppress(psutil.Error, ProcessLookupError):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == item.process.pid:
+                members.append(process.pid)
+    return members
+
+
+def _say(line: str) -> None:
+    """Print a line; a terminal that has gone away must not stop a shutdown half-way."""
+    with suppress(OSError, ValueError):
+        print(line, flush=True)
 
 
 def _tail(log: Path, size: int = 2000) -> str:

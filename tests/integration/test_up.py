@@ -100,3 +100,23 @@ def test_a_stale_pid_file_is_removed(tmp_path: Path) -> None:
     (tmp_path / PID_FILE).write_text(finished.stdout)
     assert read_pid(tmp_path / PID_FILE) is None
     assert not (tmp_path / PID_FILE).exists()
+
+
+def test_a_parts_workers_that_outlive_it_are_stopped_too(tmp_path: Path) -> None:
+    """A worker that ignores SIGTERM, in the part's process group, is killed after the grace period."""
+    port = free_port()
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    command = [
+        sys.executable,
+        "-c",
+        f"import subprocess, sys, runpy; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); "
+        f"sys.argv = ['http.server', '{port}', '--bind', '127.0.0.1']; "
+        "runpy.run_module('http.server', run_name='__main__')",
+    ]
+    part = Part("with-worker", command, f"http://127.0.0.1:{port}/", 30.0, "")
+    with running([part], tmp_path, grace_s=1.0) as started:
+        group = started[0].process.pid
+        workers = [p for p in psutil.process_iter() if p.pid != group and os.getpgid(p.pid) == group]
+        assert len(workers) == 1
+    _gone, alive = psutil.wait_procs(workers, timeout=5)  # SIGKILL was sent: wait for its delivery
+    assert [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE] == []
