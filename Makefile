@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up train summary serve mlflow-ui test lint typecheck imports unit integration bench clean
+.PHONY: help install services run up train summary serve mlflow-ui test lint typecheck imports unit integration bench clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install tmsops with its dependencies (idempotent)
+
+services: ## (root, Debian/Ubuntu) install and configure PostgreSQL's extensions, Prometheus and Chromium
+	bash scripts/local-services.sh
 
 run: install train summary ## install, train (dvc repro, skipped when up to date), start the demo platform (tmsops up --demo)
 	$(BIN)/tmsops up --demo
