@@ -232,7 +232,9 @@ def status(settings: CoreSettings, fleet: FleetSettings) -> list[PartStatus]:
 @contextmanager
 def running(parts: list[Part], logs: Path, grace_s: float = STOP_GRACE_S) -> Iterator[list[Started]]:
     started: list[Started] = []
+    # Ctrl-C and SIGTERM stop everything, even where SIGINT came in ignored (a background job)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_interrupt = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         for part in parts:
             if part.health_url is None:  # a client of the platform (the demo's story): once all is healthy
@@ -246,7 +248,7 @@ def running(parts: list[Part], logs: Path, grace_s: float = STOP_GRACE_S) -> Ite
         pass
     finally:
         # a second Ctrl-C must not cut the stop short: that is how processes are left behind
-        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             if started:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +121,33 @@ def test_a_parts_workers_that_outlive_it_are_stopped_too(tmp_path: Path) -> None
         assert len(workers) == 1
     _gone, alive = psutil.wait_procs(workers, timeout=5)  # SIGKILL was sent: wait for its delivery
     assert [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_sigint_stops_everything_even_when_it_came_in_ignored(tmp_path: Path) -> None:
+    """A background job starts with SIGINT ignored; `tmsops up` must still stop on it (Ctrl-C, a bench)."""
+    port = free_port()
+    script = tmp_path / "up.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tmsops.up import Part, running, wait_for_exit\n"
+        f"web = Part('web', [sys.executable, '-m', 'http.server', '{port}', '--bind', '127.0.0.1'],"
+        f" 'http://127.0.0.1:{port}/', 30.0, '')\n"
+        f"with running([web], Path({str(tmp_path)!r})) as started:\n"
+        "    print('up', flush=True)\n"
+        "    wait_for_exit(started)\n"
+    )
+    up = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert up.stdout is not None
+    assert up.stdout.readline() == "starting web ...\n"
+    assert up.stdout.readline() == "up\n"
+    web = psutil.Process(up.pid).children(recursive=True)
+    assert web
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=30) == 0
+    assert [process for process in web if process.is_running() and process.status() != psutil.STATUS_ZOMBIE] == []
