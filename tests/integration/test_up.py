@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,5 +150,10 @@ def test_sigint_stops_everything_even_when_it_came_in_ignored(tmp_path: Path) ->
     web = psutil.Process(up.pid).children(recursive=True)
     assert web
     up.send_signal(signal.SIGINT)
-    assert up.wait(timeout=30) == 0
+    try:
+        assert up.wait(timeout=30) == 0
+    finally:
+        for process in [*web, psutil.Process(up.pid)] if up.poll() is None else web:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
     assert [process for process in web if process.is_running() and process.status() != psutil.STATUS_ZOMBIE] == []
