@@ -31,12 +31,20 @@ from chaos.experiment import (
 from chaos.journal import ExperimentRecord, InjectionRecord, ProbeRecord, Record, Status
 from chaos.runner import DryRun, Runner
 from tmsops.auth import AdminToken, OperateToken
+from tmsops.http_docs import ResponsesSpec, error_responses
 
 YAML_OR_JSON = ("application/json", "application/yaml")
+# Starting: an unknown experiment or service (404), a busy service or an engaged stop (409), a
+# safety rule (422), a target that refuses (502) or is down (503); a dry run answers its plan (200).
+DRY_RUN_PLAN: ResponsesSpec = {200: {"model": DryRun, "description": "the plan of a dry run"}}
+START_ERRORS = {**error_responses(404, 409, 502, 503), **DRY_RUN_PLAN}
+# The body is read by the route (JSON or YAML): a bad one is a 422, another content type a 415.
+DOCUMENT_ERRORS = error_responses(415, 422)
+DASHBOARD_JSON: ResponsesSpec = {200: {"content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 class RequestBody(Record):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid", strict=True)
 
 
 class StartRequest(RequestBody):
@@ -101,14 +109,14 @@ def router() -> APIRouter:
     _fault_routes(routes)
     _safety_routes(routes)
 
-    @routes.get("/dashboard", response_model=None)
+    @routes.get("/dashboard", response_model=None, response_class=HTMLResponse, responses=DASHBOARD_JSON)
     async def dashboard(request: Request) -> Response:
         """Timeline of experiments with probe results and rollbacks: HTML, or JSON for Accept: application/json."""
         runner = _runner(request)
         data = dashboard_data(runner.journal, runner.safety)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(data)
-        return HTMLResponse(render_dashboard(data))
+        return HTMLResponse(render_dashboard(data, request.app.state.settings.ports))
 
     return routes
 
@@ -127,7 +135,11 @@ def _experiment_routes(routes: APIRouter) -> None:
         )
 
     @routes.post(
-        "/experiments", response_model=ExperimentRecord, status_code=201, openapi_extra=_body_schema(Experiment)
+        "/experiments",
+        response_model=ExperimentRecord,
+        status_code=201,
+        openapi_extra=_body_schema(Experiment),
+        responses=DOCUMENT_ERRORS,
     )
     async def create(request: Request, token: OperateToken) -> ExperimentRecord:
         """Validate and store an experiment (JSON or YAML); it starts with POST /experiments/{id}/start."""
@@ -135,12 +147,17 @@ def _experiment_routes(routes: APIRouter) -> None:
         spec = experiment.model_dump(mode="json", by_alias=True)
         return _runner(request).journal.create(spec, kind="experiment", created_by=token.id)
 
-    @routes.get("/experiments/{experiment_id}", response_model=ExperimentDetail)
+    @routes.get("/experiments/{experiment_id}", response_model=ExperimentDetail, responses=error_responses(404))
     async def experiment(request: Request, experiment_id: str) -> ExperimentDetail:
         """The experiment with its journal: status, probe results, injections and rollbacks with times, score."""
         return _detail(_runner(request), experiment_id)
 
-    @routes.post("/experiments/{experiment_id}/start", response_model=ExperimentRecord | DryRun, status_code=202)
+    @routes.post(
+        "/experiments/{experiment_id}/start",
+        response_model=ExperimentRecord | DryRun,
+        status_code=202,
+        responses=START_ERRORS,
+    )
     async def start(
         request: Request,
         response: Response,
@@ -155,7 +172,9 @@ def _experiment_routes(routes: APIRouter) -> None:
             response.status_code = 200
         return result
 
-    @routes.post("/experiments/{experiment_id}/stop", response_model=ExperimentRecord)
+    @routes.post(
+        "/experiments/{experiment_id}/stop", response_model=ExperimentRecord, responses=error_responses(404, 409)
+    )
     async def stop(request: Request, token: OperateToken, experiment_id: str) -> ExperimentRecord:
         """Abort a running experiment and roll it back; answers once it has ended."""
         return await _runner(request).stop(experiment_id, by=token.name)
@@ -172,6 +191,7 @@ def _fault_routes(routes: APIRouter) -> None:
         response_model=ExperimentRecord | DryRun,
         status_code=202,
         openapi_extra=_body_schema(AdHocInjection),
+        responses={**START_ERRORS, **DOCUMENT_ERRORS},
     )
     async def inject(request: Request, response: Response, token: OperateToken) -> ExperimentRecord | DryRun:
         """Inject one fault now for ``duration`` at most, under the safety rules (journaled as an adhoc experiment)."""
@@ -191,7 +211,7 @@ def _safety_routes(routes: APIRouter) -> None:
         """The emergency stop, the limits, what runs, and every injection not yet confirmed reverted."""
         return _safety_status(_runner(request))
 
-    @routes.post("/safety/emergency-stop")
+    @routes.post("/safety/emergency-stop", responses=error_responses(409))
     async def emergency_stop(
         request: Request, token: OperateToken, body: Annotated[StopRequest | None, Body()] = None
     ) -> dict[str, Any]:

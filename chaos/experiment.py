@@ -39,14 +39,24 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from chaos.errors import InvalidExperiment, UnsupportedMediaType
-from tmsops.settings import SERVICE_NAME, Duration
+from tmsops.settings import SERVICE_NAME, Duration, WholeNumber
 from tmsops.targets.model import (
     CpuStress,
     DiskFill,
@@ -58,6 +68,7 @@ from tmsops.targets.model import (
     ServiceStatus,
     ServiceUnavailable,
     SlowDependency,
+    type_required,
 )
 
 MIN_FLOOR_MB = 256
@@ -72,8 +83,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Model(BaseModel):
+    """A part of a request body: strict, so a number is a JSON number and a flag a JSON boolean
+    (lax, pydantic would take ``true`` as 1 and ``"3"`` as 3)."""
+
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", ser_json_timedelta="float"
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", ser_json_timedelta="float", strict=True
     )
 
 
@@ -98,7 +112,7 @@ class ServiceUnavailableParameters(Model):
     kind: Literal["service_unavailable"] = Field("service_unavailable", exclude=True)
     mode: Literal["error", "refuse", "pause"] = "error"
     error_rate: float = Field(1.0, ge=0, le=1)
-    status: int = Field(503, ge=500, le=599)
+    status: WholeNumber = Field(503, ge=500, le=599)
 
     def to_spec(self) -> FaultSpec:
         return ServiceUnavailable(mode=self.mode, error_rate=self.error_rate, status=self.status)
@@ -108,7 +122,7 @@ class CpuStressParameters(Model):
     """``workers`` busy workers per chosen replica, each at ``loadPercent`` of one core."""
 
     kind: Literal["cpu_stress"] = Field("cpu_stress", exclude=True)
-    workers: int = Field(1, ge=1, le=64)
+    workers: WholeNumber = Field(1, ge=1, le=64)
     load_percent: float = Field(100, gt=0, le=100)
 
     def to_spec(self) -> FaultSpec:
@@ -209,14 +223,20 @@ class TargetSelector(Model):
 # Probes of the steady-state hypothesis.
 
 
-class HttpProbe(Model):
+class ProbeModel(Model):
+    """A member of :data:`Probe`: ``type`` tells which."""
+
+    model_config = ConfigDict(json_schema_extra=type_required)
+
+
+class HttpProbe(ProbeModel):
     """Passes when ``url`` answers ``expectedStatus`` within ``maxLatencyMs`` (when given)."""
 
     type: Literal["http"] = "http"
     name: str = Field("", max_length=100)
     url: str = Field(pattern=r"^https?://", max_length=2000)
     method: Literal["GET", "HEAD"] = "GET"
-    expected_status: int = Field(200, ge=100, le=599)
+    expected_status: WholeNumber = Field(200, ge=100, le=599)
     max_latency_ms: float | None = Field(None, gt=0, le=600_000)
     timeout: Duration = Field(timedelta(seconds=5), description="e.g. 2s")
     weight: Weight = 1
@@ -227,7 +247,7 @@ class HttpProbe(Model):
         return _in_range("timeout", value, timedelta(milliseconds=10), timedelta(minutes=1))
 
 
-class PrometheusProbe(Model):
+class PrometheusProbe(ProbeModel):
     """Passes when every sample of the instant ``query`` is within ``tolerance`` of ``expected`` (absolute)."""
 
     type: Literal["prometheus"] = "prometheus"
@@ -238,7 +258,7 @@ class PrometheusProbe(Model):
     weight: Weight = 1
 
 
-class AnomalyProbe(Model):
+class AnomalyProbe(ProbeModel):
     """Sends ``metric`` of ``service`` over the last ``window`` (from Prometheus, every ``step``) to the
     model server's ``/detect``; fails when one of the last ``lastPoints`` points is flagged."""
 
@@ -248,8 +268,8 @@ class AnomalyProbe(Model):
     metric: MetricName = "requestsPerSecond"
     window: Duration = timedelta(minutes=10)
     step: Duration = timedelta(seconds=15)
-    last_points: int = Field(3, ge=1, le=100)
-    min_points: int = Field(12, ge=1, le=10_000)
+    last_points: WholeNumber = Field(3, ge=1, le=100)
+    min_points: WholeNumber = Field(12, ge=1, le=10_000)
     weight: Weight = 1
 
     @model_validator(mode="after")
@@ -279,12 +299,37 @@ class SteadyState(Model):
         return self
 
 
+def parameters_schema(kind: FaultKind) -> dict[str, Any]:
+    """The JSON schema of the parameters of ``kind`` as a body gives them (``kind`` comes from ``faultType``)."""
+    schema = kind.parameters.model_json_schema(by_alias=True, mode="validation")
+    schema["properties"].pop("kind", None)
+    return schema
+
+
+def _parameters_follow_fault_type(schema: JsonDict) -> None:
+    """In the JSON schema, ``parameters`` are those of ``faultType`` (and may be left out when none
+    is required), as :meth:`FaultChoice._tag_parameters` reads them."""
+    schema["required"] = [name for name in cast(list[str], schema.get("required", [])) if name != "parameters"]
+    cases: list[JsonValue] = []
+    for name, kind in FAULT_KINDS.items():
+        parameters = parameters_schema(kind)
+        then: dict[str, JsonValue] = {"properties": {"parameters": parameters}}
+        if parameters.get("required"):
+            then["required"] = ["parameters"]
+        cases.append({"if": {"properties": {"faultType": {"const": name}}, "required": ["faultType"]}, "then": then})
+    schema["allOf"] = cases
+
+
 class FaultChoice(Model):
     """A target selector, a seed fault type and its parameters: what an experiment and an ad hoc fault share."""
 
+    model_config = ConfigDict(json_schema_extra=_parameters_follow_fault_type)
+
     target: TargetSelector
     fault_type: FaultTypeName
-    parameters: FaultParameters
+    parameters: Annotated[
+        FaultParameters, WithJsonSchema({"type": "object", "description": "the parameters of faultType"})
+    ]
 
     @model_validator(mode="before")
     @classmethod
@@ -294,7 +339,7 @@ class FaultChoice(Model):
             return data
         fault_type = data.get("faultType", data.get("fault_type"))
         parameters = data.get("parameters", {})
-        if fault_type in FAULT_KINDS and isinstance(parameters, dict):
+        if isinstance(fault_type, str) and fault_type in FAULT_KINDS and isinstance(parameters, dict):
             return {**data, "parameters": {**parameters, "kind": fault_type}}
         return data
 
@@ -314,7 +359,7 @@ class Experiment(FaultChoice):
     duration: Duration = Field(description="e.g. 30s, 5m; at most safety.maxExperimentDuration")
     steady_state: SteadyState = SteadyState()
     probe_interval: Duration = timedelta(seconds=5)
-    failure_threshold: int = Field(3, ge=1, le=100, description="consecutive failed probe rounds that abort")
+    failure_threshold: WholeNumber = Field(3, ge=1, le=100, description="consecutive failed probe rounds that abort")
     weight: Weight = Field(1, description="weight of this experiment in its service's resilience score")
 
     @field_validator("duration")
@@ -479,8 +524,7 @@ def fault_types_catalog() -> list[dict[str, Any]]:
     """Every seed fault type with its description, target fault, scope and parameter JSON schema."""
     catalog = []
     for kind in FAULT_KINDS.values():
-        schema = kind.parameters.model_json_schema(by_alias=True, mode="validation")
-        schema["properties"].pop("kind", None)
+        schema = parameters_schema(kind)
         catalog.append(
             {
                 "name": kind.name,

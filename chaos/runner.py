@@ -40,6 +40,7 @@ from chaos.score import experiment_score
 from tmsops.errors import TmsopsError
 from tmsops.targets.base import Target, TargetError
 from tmsops.targets.model import FaultRequest
+from tmsops.tracing import span
 
 CONFIRM_GRACE_S = 5.0
 STOP_WAIT_S = 30.0
@@ -157,19 +158,23 @@ class Runner:
     # Running.
 
     async def _execute(self, run: Run) -> None:
-        status: Status = Status.FAILED
-        reason: str | None = "internal error"
-        try:
-            status, reason = await self._inject_watch_and_roll_back(run)
-        except asyncio.CancelledError:
-            reason = "cancelled at shutdown before the end; the next start reverts what is left"
-            raise
-        except Exception as error:
-            log.exception("experiment %s failed", run.record_id)
-            reason = f"internal error: {type(error).__name__}: {error}"
-        finally:
-            run.rolled_back.set()
-            self._finish(run, status, reason)
+        """The run in the background: a trace of its own (linked to the request that started it) when tracing."""
+        attributes = {"tmsops.experiment.id": run.record_id, "tmsops.service": run.resolution.service}
+        with span("chaos.experiment", attributes, new_trace=True) as traced:
+            status: Status = Status.FAILED
+            reason: str | None = "internal error"
+            try:
+                status, reason = await self._inject_watch_and_roll_back(run)
+            except asyncio.CancelledError:
+                reason = "cancelled at shutdown before the end; the next start reverts what is left"
+                raise
+            except Exception as error:
+                log.exception("experiment %s failed", run.record_id)
+                reason = f"internal error: {type(error).__name__}: {error}"
+            finally:
+                run.rolled_back.set()
+                self._finish(run, status, reason)
+                traced.set_attribute("tmsops.experiment.status", status.value)
 
     async def _inject_watch_and_roll_back(self, run: Run) -> tuple[Status, str | None]:
         if self.safety.engaged:

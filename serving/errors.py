@@ -1,12 +1,18 @@
-"""HTTP conventions around the BentoML app: a body size limit (413) and the project's
-JSON error format ``{"error": {"code", "message", "details"}}`` with 422 for bad input."""
+"""HTTP conventions around the BentoML app: a body size limit (413), the project's JSON error
+format ``{"error": {"code", "message", "details"}}`` with 422 for bad input, and an OpenAPI
+document (``/docs.json``) that says so (:mod:`serving.openapi`)."""
 
 from __future__ import annotations
 
 import json
+from email.message import Message as MimeHeaders
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.openapi import complete_openapi
+
+DOCS_PATH = "/docs.json"
 
 STATUS_CODES = {
     400: "bad_request",
@@ -27,7 +33,8 @@ def error_body(status: int, message: str, details: Any = None) -> bytes:
 
 
 class HttpConventions:
-    """ASGI middleware: refuses oversized bodies, rewrites BentoML's error bodies."""
+    """ASGI middleware: refuses oversized bodies and form bodies without a boundary, rewrites
+    BentoML's error bodies."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024) -> None:
         self.app = app
@@ -37,13 +44,19 @@ class HttpConventions:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _respond(send, 413, f"request body over the limit of {self.max_body_bytes} bytes")
             return
+        if not _boundary_if_form(headers.get(b"content-type", b"").decode("latin-1")):
+            # BentoML answers 500 when Starlette cannot split such a form.
+            await _respond(send, 400, "Content-Type multipart/form-data needs a boundary parameter")
+            return
         rewriter = _ErrorRewriter(send, self.max_body_bytes)
+        answer: Send = _DocumentRewriter(rewriter) if scope["path"] == DOCS_PATH else rewriter
         try:
-            await self.app(scope, self._limited(receive, rewriter), rewriter)
+            await self.app(scope, self._limited(receive, rewriter), answer)
         except BodyTooLarge:
             if rewriter.start is None:
                 await _respond(send, 413, rewriter.too_large_message())
@@ -63,6 +76,13 @@ class HttpConventions:
         return limited
 
 
+def _boundary_if_form(content_type: str) -> bool:
+    """False for ``multipart/form-data`` without a (non-empty) boundary; True for anything else."""
+    header = MimeHeaders()
+    header["content-type"] = content_type
+    return header.get_content_type() != "multipart/form-data" or bool(header.get_param("boundary"))
+
+
 class BodyTooLarge(Exception):
     """A streamed body went over the limit (no or a false Content-Length)."""
 
@@ -72,6 +92,32 @@ async def _respond(send: Send, status: int, message: str, details: Any = None, k
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(kept or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _DocumentRewriter:
+    """Buffers BentoML's OpenAPI document and sends it completed by :func:`complete_openapi`."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if self.start is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(self.chunks)
+        if self.start["status"] == 200:
+            body = json.dumps(complete_openapi(json.loads(body))).encode()
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await self.send({"type": "http.response.body", "body": body})
 
 
 class _ErrorRewriter:

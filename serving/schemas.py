@@ -16,6 +16,31 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # numbers only: no "1.5", no true
 
 
+def _text_not_number(value: Any) -> Any:
+    """A time is ISO 8601 text: pydantic would also read a number (or "123"), as seconds since 1970."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-03-02T08:00:00Z, not a number")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _whole_number(value: Any) -> Any:
+    """``6.0`` as ``6``: JSON has one type of number, and a schema's integer may be spelt either way."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_text_not_number)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Steps = Annotated[int, Field(strict=True, ge=1), BeforeValidator(_whole_number)]
+
+
 @dataclass
 class Limits:
     context: int = 1
@@ -39,9 +64,9 @@ class _Series(BaseModel):
 
     id: str = Field("", max_length=512, description="caller's name for the series, echoed back")
     values: list[FiniteFloat] = Field(min_length=1, description="finite numbers, oldest first")
-    timestamps: list[datetime] | None = Field(None, description="one per value; or give start and step_s")
-    start: datetime | None = Field(None, description="time of the first value")
-    step_s: float | None = Field(None, gt=0, description="seconds between values")
+    timestamps: list[Timestamp] | None = Field(None, description="one per value; or give start and step_s")
+    start: Timestamp | None = Field(None, description="time of the first value")
+    step_s: PositiveSeconds | None = Field(None, description="seconds between values")
 
     @model_validator(mode="after")
     def _check_time(self) -> _Series:
@@ -71,7 +96,7 @@ class _Series(BaseModel):
 
 
 class ForecastSeries(_Series):
-    horizon: int | None = Field(None, ge=1, description="steps to forecast; default and maximum: the model's horizon")
+    horizon: Steps | None = Field(None, description="steps to forecast; default and maximum: the model's horizon")
 
     @model_validator(mode="after")
     def _check_model_limits(self) -> ForecastSeries:

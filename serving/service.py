@@ -4,7 +4,8 @@
 so BentoML's adaptive batching merges the series of concurrent requests into one model
 call. ``GET /model-info`` and ``POST /reload`` come from a small FastAPI app mounted
 beside them. ``/livez``, ``/readyz`` (both models loaded), ``/metrics`` and the OpenAPI
-document at ``/docs.json`` are BentoML's own.
+document at ``/docs.json`` are BentoML's own. With an OTLP endpoint configured, requests are
+traced in their callers' traces (:mod:`serving.tracing`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from serving.schemas import (
     ForecastSeries,
 )
 from serving.settings import ServingSettings
+from serving.tracing import bentoml_tracing
 
 log = logging.getLogger("tmsops.serving")
 admin = FastAPI(title="tmsops model server administration", docs_url=None, redoc_url=None, openapi_url=None)
@@ -40,7 +42,7 @@ BATCH = {"batchable": True, "max_batch_size": 4096, "max_latency_ms": 5000}
 JSON_LIST = ContentType("application/json")  # spares BentoML a JSON schema per response
 
 
-@bentoml.service(name="tmsops-models", http={"port": 3000}, workers=1, threads=1)
+@bentoml.service(name="tmsops-models", http={"port": 3000}, workers=1, threads=1, **bentoml_tracing(ServingSettings()))
 @bentoml.asgi_app(admin, path="/")
 class ModelServer:
     def __init__(self) -> None:

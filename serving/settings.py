@@ -18,3 +18,9 @@ class ServingSettings(BaseSettings):
     max_series: int = Field(1024, ge=1, description="series per request")
     max_points: int = Field(50_000, ge=1, description="values per series")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size limit")
+    otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+(/\S*)?$",
+        description="OTLP/HTTP collector base URL for traces (unset: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, else off)",
+    )
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="share of new traces kept; callers' are followed")

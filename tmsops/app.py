@@ -1,9 +1,12 @@
 """The app factory every tmsops service uses.
 
 :func:`create_app` gives a FastAPI app with ``GET /health``, ``GET /metrics`` (Prometheus,
-a registry per app), ``GET /audit`` (scope read), OpenAPI at ``/docs``, the JSON error
-format, an ``X-Request-ID`` on every response, one JSON log line per request, and the
-audit of every attempt on a route protected by :func:`tmsops.auth.require`.
+a registry per app), ``GET /audit`` (scope read), OpenAPI at ``/docs`` with its error answers
+documented (:mod:`tmsops.http_docs`), the JSON error format, an ``X-Request-ID`` on every
+response, one JSON log line per request, and the
+audit of every attempt on a route protected by :func:`tmsops.auth.require`. With an OTLP
+endpoint configured, requests (but ``/health`` and ``/metrics``) and outgoing httpx calls are
+traced (:mod:`tmsops.tracing`); the spans are flushed when the app stops.
 
 At startup the app refuses to run a route that changes state without declaring a scope,
 and shows the first admin token once (or registers ``admin_token`` from the settings).
@@ -11,6 +14,7 @@ and shows the first admin token once (or registers ``admin_token`` from the sett
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -27,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
 from tmsops.audit import AuditAttempt, AuditEntry, AuditLog, AuditQuery, AuditResult
@@ -43,11 +48,13 @@ from tmsops.auth import (
 )
 from tmsops.errors import PermanentError
 from tmsops.health import HealthCheck, HealthReport, model_server_reachable, overall_status, run_checks, store_writable
-from tmsops.http_errors import install_error_handlers, internal_error_response, status_phrase
+from tmsops.http_docs import ResponsesSpec, complete_document
+from tmsops.http_errors import http_error, install_error_handlers, internal_error_response, status_phrase
 from tmsops.http_metrics import HttpMetrics
 from tmsops.logs import configure_logging
 from tmsops.settings import CoreSettings
 from tmsops.state import make_engine
+from tmsops.tracing import Tracing, install_tracing
 
 REQUEST_ID_HEADER = "X-Request-ID"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -76,7 +83,10 @@ def create_app(name: str, settings: CoreSettings, *, version: str, lifespan: Lif
         lifespan=_core_lifespan(name, settings, lifespan),
     )
     _attach_state(app, name, settings, version)
+    app.state.tracing = install_tracing(app, name, settings.tracing, version=version)
     install_error_handlers(app)
+    app.add_exception_handler(405, _method_not_allowed)  # type: ignore[arg-type]
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     app.middleware("http")(_observe)
     app.include_router(_core_router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -104,6 +114,9 @@ def _core_lifespan(name: str, settings: CoreSettings, service_lifespan: Lifespan
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refuse_unprotected_changes(app)
         _bootstrap_admin(name, app.state.tokens, settings)
+        tracing: Tracing | None = app.state.tracing
+        if tracing is not None:
+            tracing.start()
         try:
             if service_lifespan is None:
                 yield
@@ -112,6 +125,8 @@ def _core_lifespan(name: str, settings: CoreSettings, service_lifespan: Lifespan
                     yield
         finally:
             app.state.engine.dispose()
+            if tracing is not None:
+                tracing.stop()
 
     return lifespan
 
@@ -124,6 +139,34 @@ def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
         included = getattr(route, "original_router", None)
         if included is not None:
             yield from api_routes(included.routes)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, completed by :func:`tmsops.http_docs.complete_document`."""
+    if app.openapi_schema is None:
+        routes = api_routes(app.routes)
+        protected = {
+            (route.path, method)
+            for route in routes
+            if declared_scope(route.dependant)
+            for method in route.methods or ()
+        }
+        app.openapi_schema = complete_document(FastAPI.openapi(app), protected)
+    return app.openapi_schema
+
+
+async def _method_not_allowed(request: Request, error: HTTPException) -> JSONResponse:
+    """A 405 whose ``Allow`` names every method of the path (Starlette's names those of one route only)."""
+    path = request.url.path
+    methods = {
+        method
+        for route in api_routes(request.app.routes)
+        if route.path_regex.match(path)
+        for method in route.methods or ()
+    }
+    if methods:
+        error.headers = {**(error.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return await http_error(request, error)
 
 
 def refuse_unprotected_changes(app: FastAPI) -> None:
@@ -147,7 +190,8 @@ def _bootstrap_admin(name: str, tokens: TokenStore, settings: CoreSettings) -> N
 
 def _core_router() -> APIRouter:
     router = APIRouter(tags=["core"])
-    router.add_api_route("/health", health, methods=["GET"], response_model=HealthReport)
+    down: ResponsesSpec = {503: {"model": HealthReport, "description": "a critical check failed"}}
+    router.add_api_route("/health", health, methods=["GET"], response_model=HealthReport, responses=down)
     router.add_api_route("/metrics", metrics, methods=["GET"], response_class=Response)
     router.add_api_route("/audit", audit, methods=["GET"], response_model=AuditPage)
     return router

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import JSON, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.sql import Select
 
@@ -60,19 +60,39 @@ class AuditEntry(BaseModel):
         return f"{self.method} {self.path}"
 
 
+def _not_a_number(value: object) -> object:
+    """A time is ISO 8601 text; a bare number (seconds? milliseconds?) is refused."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number or (isinstance(value, str) and _is_number(value)):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-03-01T12:00:00Z, not a number")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Naive times are taken as UTC (see _utc).
+Time = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+
 class AuditQuery(BaseModel):
     """Filters of a search of the audit log; entries come newest first."""
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(None, description="entries at or after this time")
-    until: datetime | None = Field(None, description="entries before this time")
+    since: Time | None = Field(None, description="entries at or after this time (ISO 8601; UTC if no offset)")
+    until: Time | None = Field(None, description="entries before this time (ISO 8601; UTC if no offset)")
     token_id: str | None = None
     method: str | None = Field(None, description="HTTP method, e.g. POST")
     path_prefix: str | None = Field(None, description="entries whose path starts with this")
     result: AuditResult | None = None
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=2**63 - 1)  # the state store's 64-bit integers
 
 
 @dataclass

@@ -39,12 +39,12 @@ def error_response(
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(TmsopsError, _tmsops_error)  # type: ignore[arg-type]
 
 
-async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     plain = isinstance(error.detail, str)
     message = error.detail if plain else status_phrase(error.status_code)
     details = {} if plain else {"detail": error.detail}

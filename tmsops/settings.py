@@ -16,7 +16,6 @@ admin token, or debug on.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from datetime import timedelta
@@ -24,7 +23,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -40,6 +50,8 @@ MIN_ADMIN_TOKEN_LENGTH = 32
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# A compound duration such as 30m, 1h30m or 250ms, as a pattern for an API parameter's schema.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 
 SettingsT = TypeVar("SettingsT", bound="CoreSettings")
 
@@ -51,14 +63,26 @@ class SettingsError(PermanentError):
 def parse_duration(value: object) -> object:
     """``"30m"``, ``"1h30m"``, ``"45s"``, ``"250ms"`` or a number of seconds, as a timedelta.
 
-    Anything else is passed on unchanged for pydantic to parse (ISO 8601, ``HH:MM:SS``).
+    Other text is read the way pydantic reads a timedelta (ISO 8601, ``HH:MM:SS``), so that a model
+    in strict mode takes it too; what neither reads is passed on unchanged for pydantic to refuse.
+    A duration too long for a timedelta (about 2.7 million years) is a ValueError.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        parsed = _parse_compound_duration(value)
-        return value if parsed is None else parsed
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            parsed = _parse_compound_duration(value)
+            return _lax_timedelta(value) if parsed is None else parsed
+    except OverflowError as error:
+        raise ValueError(f"{value!r} is too long a duration") from error
     return value
+
+
+def _lax_timedelta(text: str) -> object:
+    try:
+        return _TIMEDELTA.validate_python(text)
+    except ValidationError:
+        return text
 
 
 def _parse_compound_duration(text: str) -> timedelta | None:
@@ -69,7 +93,25 @@ def _parse_compound_duration(text: str) -> timedelta | None:
     return timedelta(seconds=sum(float(number) * _DURATION_UNITS_S[unit] for number, unit in parts))
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# What parse_duration reads, in a JSON schema: seconds, 30m or 1h30m, or ISO 8601 (PT30M).
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "description": "seconds"},
+        {"type": "string", "pattern": DURATION_PATTERN},
+        {"type": "string", "format": "duration"},
+    ]
+}
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
+_TIMEDELTA = TypeAdapter(timedelta)
+
+
+def whole_number(value: object) -> object:
+    """``2.0`` as ``2``: JSON has one type of number, and a schema's integer may be spelt either way."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer of a request body validated in strict mode (which refuses true and "3"), spelt 3 or 3.0.
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
 Percent = Annotated[float, Field(ge=0, le=100)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -135,11 +177,13 @@ class DatabaseOptimization(Section):
 
     ``autoIndexing`` lets ``POST /auto-optimize`` create the indexes it recommends; either way
     an index is kept only when the measured read time of the queries it serves falls by at
-    least ``minGain`` (a fraction), otherwise it is dropped again.
+    least ``minGain`` (a fraction), otherwise it is dropped again. ``schemas``: schemas analysed
+    besides the connection's search_path (searched first); table names must be unique across them.
     """
 
     auto_indexing: bool = True
     dsn: SecretStr | None = None
+    schemas: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")]] = []
     service: str = "shipment-service"
     min_gain: float = Field(0.2, gt=0, lt=1)
     min_calls: int = Field(10, ge=1)
@@ -194,24 +238,45 @@ class SafetySettings(Section):
     deny_services: list[str] = []
 
 
+# A positive quantity as text, as parse_bytes and parse_cores read it: a decimal with a non-zero
+# digit, then an exponent (two digits at most: no overflow to infinity or underflow to zero) or a suffix.
+QUANTITY_PATTERN = (
+    r"^([0-9]*[1-9][0-9]*(\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)([eE][+-]?[0-9]{1,2}|[KMGTPE]i|[numkMGTPE])?$"
+)
+
+
 def parse_bytes(value: object) -> object:
     """A Kubernetes memory quantity (``"256Mi"``, ``"1G"``, ``"1048576"``) as bytes; other values unchanged."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return parse_memory(value)
-    return value
+    return parse_memory(_quantity(value)) if isinstance(value, str | bool) else value
 
 
 def parse_cores(value: object) -> object:
     """A Kubernetes CPU quantity (``"250m"``, ``"0.5"``, ``"2"``) as cores; other values unchanged."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return parse_cpu(value)
-    return value
+    return parse_cpu(_quantity(value)) if isinstance(value, str | bool) else value
 
 
-Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
-Cores = Annotated[float, BeforeValidator(parse_cores), Field(gt=0)]
+def _quantity(text: str | bool) -> str:
+    if isinstance(text, bool) or not re.fullmatch(QUANTITY_PATTERN, text):
+        raise ValueError(f"{text!r} is not a positive quantity such as 250m, 0.5, 256Mi or 1G")
+    return text
+
+
+Bytes = Annotated[
+    int,
+    BeforeValidator(parse_bytes),
+    Field(gt=0),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string", "pattern": QUANTITY_PATTERN}]}
+    ),
+]
+Cores = Annotated[
+    float,
+    BeforeValidator(parse_cores),
+    Field(gt=0, allow_inf_nan=False),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": QUANTITY_PATTERN}]}
+    ),
+]
 
 
 class ServicePorts(Section):
@@ -367,6 +432,22 @@ class MetricsSettings(Section):
     templates: dict[str, str] = {}
 
 
+class TracingSettings(Section):
+    """OpenTelemetry traces, exported over OTLP/HTTP (protobuf); off unless an endpoint is known.
+
+    ``otlp_endpoint`` is the collector's base URL (``http://collector:4318``; ``/v1/traces`` is
+    added unless the path already ends with it). Unset, the standard variables
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is) and then ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (base URL) switch tracing on; ``OTEL_SDK_DISABLED=true`` keeps it off whatever is set.
+    ``sample_ratio`` is the share of new traces kept; a caller's sampling decision is always
+    followed. ``service_name`` unset: ``OTEL_SERVICE_NAME``, else ``tmsops-<deployable>``.
+    """
+
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+(/\S*)?$")
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    service_name: str | None = Field(None, min_length=1, max_length=200)
+
+
 class CoreSettings(BaseSettings):
     """Settings every deployable shares. Keyword arguments are the file layer: the environment overrides them."""
 
@@ -389,6 +470,7 @@ class CoreSettings(BaseSettings):
     ports: ServicePorts = ServicePorts()
     target: TargetSettings = TargetSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(

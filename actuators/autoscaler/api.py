@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, model_validator
 
 from actuators.autoscaler.anomalies import AnomalyEvent, find_anomalies
 from actuators.autoscaler.cost import CostAnalysis, cost_analysis
@@ -18,8 +18,20 @@ from actuators.autoscaler.loop import Autoscaler
 from actuators.autoscaler.records import DecisionRecord
 from tmsops.auth import OperateToken
 from tmsops.errors import PermanentError
-from tmsops.settings import parse_duration
+from tmsops.http_docs import ResponsesSpec, error_responses
+from tmsops.settings import DURATION_PATTERN, parse_duration, whole_number
 from tmsops.targets.model import ServiceStatus
+
+# A call on the target: an unknown service (404), a target that refused or failed (502), one that is down (503).
+TARGET_ERRORS = error_responses(404, 502, 503)
+# ``set`` needs ``replicas``, in the schema as in :meth:`ScaleRequest._set_needs_replicas`.
+SET_NEEDS_REPLICAS: dict[str, JsonValue] = {
+    "if": {"properties": {"action": {"const": "set"}}},
+    "then": {"required": ["replicas"], "properties": {"replicas": {"type": "integer"}}},
+}
+# Further back than this, a window's start is not even a date (and no decision is that old).
+MAX_COST_WINDOW = timedelta(days=366)
+DASHBOARD_JSON: ResponsesSpec = {200: {"content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 class BadParameter(PermanentError):
@@ -29,9 +41,11 @@ class BadParameter(PermanentError):
 class ScaleRequest(BaseModel):
     """``set`` to ``replicas``; ``scale_up`` / ``scale_down`` by ``replicas`` (default 1)."""
 
+    model_config = ConfigDict(json_schema_extra=SET_NEEDS_REPLICAS, strict=True)
+
     service: str = Field(min_length=1, max_length=200)
     action: Literal["scale_up", "scale_down", "set"]
-    replicas: int | None = Field(None, ge=0, le=10_000)
+    replicas: Annotated[int, Field(ge=0, le=10_000), BeforeValidator(whole_number)] | None = None
     reason: str = Field("manual request", max_length=500)
 
     @model_validator(mode="after")
@@ -96,12 +110,13 @@ def router() -> APIRouter:
             if state.decision is not None
         ]
 
-    @routes.get("/predictions", response_model=Prediction)
+    @routes.get("/predictions", response_model=Prediction, responses=TARGET_ERRORS)
     async def predictions(
         request: Request,
         service: Annotated[str, Query(min_length=1)],
         time_horizon: Annotated[
-            str | None, Query(alias="timeHorizon", description="e.g. 30m, 1h; default the model's")
+            str | None,
+            Query(alias="timeHorizon", pattern=DURATION_PATTERN, description="e.g. 30m, 1h; default the model's"),
         ] = None,
     ) -> Prediction:
         """The latest demand forecast of ``service`` (requests/s), up to ``timeHorizon`` ahead."""
@@ -128,7 +143,7 @@ def router() -> APIRouter:
             model_version=scaler.model.version,
         )
 
-    @routes.post("/scale", response_model=ScaleResult)
+    @routes.post("/scale", response_model=ScaleResult, responses=TARGET_ERRORS)
     async def scale(request: Request, token: OperateToken, body: ScaleRequest) -> ScaleResult:
         """Scale a service now; waits for a scale of the same service in progress, then applies this one."""
         outcome = await _scaler(request).scale(body.service, body.action, body.replicas, body.reason)
@@ -145,15 +160,16 @@ def router() -> APIRouter:
 
     @routes.get("/cost-analysis", response_model=CostAnalysis)
     async def cost(
-        request: Request, window: Annotated[str, Query(description="e.g. 1h, 24h, 7d")] = "24h"
+        request: Request,
+        window: Annotated[str, Query(pattern=DURATION_PATTERN, description="e.g. 1h, 24h, 7d; at most 366d")] = "24h",
     ) -> CostAnalysis:
         """Replica-hours and cost: actual, a static peak count, and what the HPA rule would have used."""
         scaler = _scaler(request)
-        span = _duration("window", window)
+        span = _duration("window", window, longest=MAX_COST_WINDOW)
         records = scaler.store.recent(since=datetime.now(UTC) - span, limit=100_000)
         return cost_analysis(records, span, scaler.settings.scaling.price_per_replica_hour)
 
-    @routes.get("/anomalies", response_model=list[AnomalyEvent])
+    @routes.get("/anomalies", response_model=list[AnomalyEvent], responses=TARGET_ERRORS)
     async def anomalies(request: Request, service: str | None = None) -> list[AnomalyEvent]:
         """Anomalies the detector finds in each service's recent demand, as events."""
         scaler = _scaler(request)
@@ -161,13 +177,13 @@ def router() -> APIRouter:
             await scaler.target.service(service)
         return await find_anomalies(scaler, service)
 
-    @routes.get("/dashboard", response_model=None)
+    @routes.get("/dashboard", response_model=None, response_class=HTMLResponse, responses=DASHBOARD_JSON)
     async def dashboard(request: Request) -> Response:
         """Forecast band against actual demand, replicas and decisions: HTML, or JSON for Accept: application/json."""
         data = dashboard_data(_scaler(request))
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(data)
-        return HTMLResponse(render_dashboard(data))
+        return HTMLResponse(render_dashboard(data, request.app.state.settings.ports))
 
     return routes
 
@@ -185,8 +201,13 @@ def _horizon_steps(text: str | None, step_s: float, horizon: int) -> int:
     return steps
 
 
-def _duration(name: str, text: str) -> timedelta:
-    parsed = parse_duration(text.strip())
+def _duration(name: str, text: str, *, longest: timedelta | None = None) -> timedelta:
+    try:
+        parsed = parse_duration(text.strip())
+    except ValueError:  # too long for a timedelta
+        parsed = None
     if not isinstance(parsed, timedelta) or parsed <= timedelta(0):
         raise BadParameter(f"{name}: {text!r} is not a positive duration such as 30m, 1h or 7d", details={name: text})
+    if longest is not None and parsed > longest:
+        raise BadParameter(f"{name}: {text!r} is longer than {longest.days}d", details={name: text})
     return parsed

@@ -31,9 +31,11 @@ from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient, ModelRequestError, SeriesIn
 from tmsops.settings import AutoscalerSettings
 from tmsops.targets.base import Target
+from tmsops.tracing import span
 
 READY_WAIT_S = 300.0
 ACTUALS_KEPT = 2880
+FORECASTS_KEPT = 288
 
 log = logging.getLogger("tmsops.autoscaler")
 
@@ -47,6 +49,8 @@ class ServiceState:
     forecast_origin: float | None = None
     decision: Decision | None = None
     actuals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ACTUALS_KEPT))
+    # The recent forecasts, oldest first: the dashboard shows each one's next step against the demand that came.
+    forecasts: deque[ForecastView] = field(default_factory=lambda: deque(maxlen=FORECASTS_KEPT))
 
 
 @dataclass
@@ -136,15 +140,19 @@ class Autoscaler:
         self.model.limits_known = True
 
     async def tick(self) -> list[Decision]:
-        if not self.model.limits_known:
-            await self.refresh_model_limits()
-        names = await self.managed_services()
-        observed = await asyncio.gather(*(self._observe(name) for name in names))
-        present = {name: observation for name, observation in zip(names, observed, strict=True) if observation}
-        await self._refresh_forecasts(present)
-        decisions = [self._decide(name, observation) for name, observation in present.items()]
-        self.last_tick_at = time.monotonic()
-        return decisions
+        """One decision cycle (one span when tracing): observe, forecast, decide, record, act."""
+        with span("autoscaler.cycle", {"tmsops.scaling.mode": self.settings.scaling.mode}) as cycle:
+            if not self.model.limits_known:
+                await self.refresh_model_limits()
+            names = await self.managed_services()
+            observed = await asyncio.gather(*(self._observe(name) for name in names))
+            present = {name: observation for name, observation in zip(names, observed, strict=True) if observation}
+            await self._refresh_forecasts(present)
+            decisions = [self._decide(name, observation) for name, observation in present.items()]
+            cycle.set_attribute("tmsops.services", len(present))
+            cycle.set_attribute("tmsops.changes", sum(d.desired != d.current for d in decisions))
+            self.last_tick_at = time.monotonic()
+            return decisions
 
     async def managed_services(self) -> list[str]:
         configured = self.settings.scaling.services
@@ -234,6 +242,7 @@ class Autoscaler:
                 p50=tuple(forecast.p50),
                 p90=tuple(forecast.p90),
             )
+            state.forecasts.append(state.forecast)
 
     def _decide(self, name: str, observation: Observation) -> Decision:
         state = self.state(name)

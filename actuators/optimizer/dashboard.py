@@ -1,5 +1,10 @@
 """``GET /dashboard``: every change with its measured before and after, and the latest advice.
 
+One chart per measure: indexes by the call-weighted read time of the statements they serve,
+cache changes by the hit rate, resources changes by the CPU and memory requests; each change
+a pair of bars (before, after) coloured by the verdict (kept, rolled back, failed). Then every
+change in a table, and the last ranking of bottlenecks.
+
 The page reads only the journal and the last ranking of bottlenecks (``GET
 /analysis/bottlenecks`` refreshes it), so it answers at once even when an analysis would take
 seconds.
@@ -7,48 +12,80 @@ seconds.
 
 from __future__ import annotations
 
-import html
-import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from actuators.optimizer.journal import Kind, Optimization
+from actuators.optimizer.journal import Kind, Optimization, Status
+from tmsops.dashboard import render_page
+from tmsops.settings import ServicePorts
 
 if TYPE_CHECKING:
     from actuators.optimizer.optimizer import Optimizer
 
 CHANGES_SHOWN = 30
+MI = 2**20
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tmsops optimizer</title>
-<link rel="stylesheet" href="/static/dashboard.css"><script src="/static/charts.js"></script></head>
-<body><h1>tmsops optimizer</h1>
-<div class="meta">{counts} &middot; updated {updated} &middot; <a href="/dashboard">refresh</a>
-&middot; <a href="/recommendations">recommendations</a> &middot; <a href="/docs">API</a></div>
-<div class="card" id="measured"><h2>measured effect of each change</h2></div>
-<div class="card" id="changes"><h2>changes</h2></div>
-<div class="card" id="advice"><h2>latest advice</h2></div>
-<script id="data" type="application/json">{data}</script>
-<script>
-const data = JSON.parse(document.getElementById("data").textContent);
-const entities = {{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}};
-const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => entities[c]);
-tmsopsBars(document.getElementById("measured"), {{title: data.measure_title, groups: data.measured}});
-const rows = data.changes.map(c => `<tr><td>${{new Date(c.at).toLocaleString()}}</td><td>${{esc(c.kind)}}</td>`
-  + `<td>${{esc(c.service)}}</td><td>${{esc(c.subject)}}</td><td class="${{c.css}}">${{esc(c.status)}}</td>`
-  + `<td>${{esc(c.effect)}}</td><td>${{esc(c.reason)}}</td></tr>`).join("");
-document.getElementById("changes").insertAdjacentHTML("beforeend", data.changes.length
-  ? "<table><tr><th>time</th><th>kind</th><th>service</th><th>subject</th><th>status</th>"
-    + `<th>effect</th><th>reason</th></tr>${{rows}}</table>`
-  : "<div class='meta'>no change yet</div>");
-const advice = data.advice.map(a => `<tr><td>${{esc(a.part)}}</td><td>${{esc(a.service)}}</td>`
-  + `<td>${{esc(a.subject)}}</td>`
-  + `<td>${{esc(a.detail)}}</td><td><code>${{esc(a.recommendation)}}</code></td></tr>`).join("");
-document.getElementById("advice").insertAdjacentHTML("beforeend", data.advice.length
-  ? "<table><tr><th>part</th><th>service</th><th>subject</th><th>finding</th><th>recommendation</th></tr>"
-    + `${{advice}}</table>`
-  : "<div class='meta'>no analysis yet: open <a href='/analysis/bottlenecks'>/analysis/bottlenecks</a></div>");
-</script></body></html>
+SCRIPT = """
+const {h, table, clock, number} = tmsops;
+const fact = (value, label, cls) => h("div", {class: `fact ${cls || ""}`}, h("b", {}, value), h("span", {}, label));
+const VERDICT = {kept: ["#1b7f3b", "ok"], rolled_back: ["#d9480f", "warn"], failed: ["#b3261e", "bad"]};
+const HOW = {
+  index: "POST /optimization/database (or /auto-optimize) times the statements an index serves before and after "
+    + "building it, and keeps it only when the read time falls",
+  cache: "POST /optimization/cache measures the hit rate before and after a new maxmemory and eviction policy "
+    + "(needs optimization.cache.redisUrl)",
+  resources: "POST /auto-optimize with scope resources right-sizes CPU and memory requests from the usage seen"};
+
+function render(data) {
+  const root = document.getElementById("root");
+  root.replaceChildren();
+  const c = data.counts;
+  root.append(h("div", {class: "facts"}, fact(c.kept, "kept", "ok"), fact(c.rolled_back, "rolled back"),
+    fact(c.failed, "failed"), fact(c.dry_run, "dry runs (nothing changed)"), fact(c.in_progress, "in progress")));
+  const measured = h("section", {class: "card", id: "measured"}, h("h2", {}, "Measured effect of each change"),
+    h("div", {class: "meta"}, "Grey: measured before the change; coloured: after it, green when kept, orange when "
+      + "rolled back (it did not help), red when it failed. Hover a bar for its value."));
+  root.append(measured);
+  const groups = new Map();
+  for (const m of data.measured) {
+    if (!groups.has(m.metric)) groups.set(m.metric, []);
+    groups.get(m.metric).push(m);
+  }
+  if (!groups.size) {
+    measured.append(h("div", {class: "empty-state"}, h("b", {}, "No measured change yet. "),
+      "The optimizer measures every change before and after and keeps it only when it helps: ", HOW.index,
+      ". Dry runs change nothing and are not charted."));
+  }
+  for (const [metric, items] of groups) {
+    const first = items[0];
+    tmsopsBars(measured, {title: `${first.kind_title}: ${metric}`, unit: first.unit, better: first.better,
+      legend: [{solid: true, color: VERDICT.kept[0], label: "after: kept"},
+        {solid: true, color: VERDICT.rolled_back[0], label: "after: rolled back"}],
+      rows: items.map((m) => ({label: m.label, title: `${m.subject} — ${m.reason}`, before: m.before, after: m.after,
+        color: (VERDICT[m.status] || ["#2f6fdf"])[0], status: m.status.replace("_", " "),
+        statusClass: (VERDICT[m.status] || ["", ""])[1], change: m.change}))});
+  }
+  const missing = ["index", "cache", "resources"].filter((kind) => !data.measured.some((m) => m.kind === kind));
+  if (groups.size && missing.length) {
+    measured.append(h("div", {class: "meta"}, ...missing.map((kind) =>
+      h("div", {}, h("b", {}, `No measured ${kind} change yet: `), `${HOW[kind]}.`))));
+  }
+  const changes = h("section", {class: "card", id: "changes"}, h("h2", {}, "Changes (newest first)"));
+  changes.append(data.changes.length
+    ? table(["time", "kind", "service", "subject", "status", "effect", "reason"], data.changes.map((x) => [
+        clock(Date.parse(x.at)), x.kind, x.service, x.subject,
+        h("span", {class: `badge ${x.css}`}, x.status.replace("_", " ")), x.effect, x.reason]))
+    : h("div", {class: "empty-state"}, h("b", {}, "No change yet. "), "Plan one with a dry run: ",
+        h("code", {}, 'POST /optimization/database {"dryRun": true}'), " (see API docs)."));
+  root.append(changes);
+  const advice = h("section", {class: "card", id: "advice"}, h("h2", {}, "Latest advice (bottlenecks, worst first)"));
+  advice.append(data.advice.length
+    ? table(["part", "service", "subject", "finding", "recommendation"], data.advice.map((a) => [
+        a.part, a.service, a.subject, a.detail, a.recommendation ? h("code", {}, a.recommendation) : "–"]))
+    : h("div", {class: "empty-state"}, h("b", {}, "No analysis yet. "), "Open ",
+        h("a", {href: "/analysis/bottlenecks"}, "/analysis/bottlenecks"), " to rank the bottlenecks now."));
+  root.append(advice);
+}
 """
 
 
@@ -58,44 +95,76 @@ async def dashboard_data(optimizer: Optimizer) -> dict[str, Any]:
     return {
         "updated": datetime.now(UTC).isoformat(),
         "counts": counts.model_dump(),
-        "measure_title": "before and after (index: read time, ms; cache: hit rate, %; resources: requested)",
-        "measured": [group for entry in reversed(entries) if (group := _measured(entry)) is not None],
+        "measured": [item for entry in reversed(entries) for item in _measured(entry)],
         "changes": [_change(entry) for entry in entries],
         "advice": [item.model_dump() for item in optimizer.last_bottlenecks[:20]],
     }
 
 
-def render_dashboard(data: dict[str, Any]) -> str:
-    counts = data["counts"]
-    summary = (
-        ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in counts.items() if value) or "no change yet"
+def render_dashboard(data: dict[str, Any], ports: ServicePorts) -> str:
+    return render_page(
+        "optimizer",
+        title="Optimizer: measured changes",
+        lead="Every index, cache and resources change with its measured before and after, kept only when it "
+        "helped; then the change log and the latest advice.",
+        data=data,
+        script=SCRIPT,
+        ports=ports,
     )
-    payload = json.dumps(data).replace("</", "<\\/")
-    return PAGE.format(counts=html.escape(summary), updated=html.escape(data["updated"][:19]), data=payload)
 
 
-def _before_after(entry: Optimization) -> tuple[float, float] | None:
-    """The measured figure before and after (index: read time, ms; cache: hit rate), when both exist."""
-    key = {Kind.INDEX: "weighted_ms", Kind.CACHE: "hit_rate"}.get(entry.kind)
-    before, after = (entry.before or {}).get(key or ""), (entry.after or {}).get(key or "")
-    if not isinstance(before, int | float) or not isinstance(after, int | float):
-        return None
-    return float(before), float(after)
+def _figures(entry: Optimization) -> list[tuple[str, str, str, float, float]]:
+    """(measure, unit, better, before, after) for each figure measured both before and after the change."""
+    before, after = entry.before or {}, entry.after or {}
+    if entry.kind == Kind.INDEX:
+        pairs = [("read time, weighted by calls", "ms", "lower", before.get("weighted_ms"), after.get("weighted_ms"))]
+    elif entry.kind == Kind.CACHE:
+        pairs = [("hit rate", "%", "higher", _scaled(before.get("hit_rate"), 100), _scaled(after.get("hit_rate"), 100))]
+    else:
+        old, new = before.get("resources") or {}, after.get("resources") or {}
+        pairs = [
+            (measure, unit, "", _scaled(_field(old, name), factor), _scaled(_field(new, name), factor))
+            for measure, unit, name, factor in (
+                ("CPU request", "millicores", "cpu_request", 1000),
+                ("memory request", "MiB", "memory_request", 1 / MI),
+            )
+        ]
+    return [
+        (measure, unit, better, float(old_value), float(new_value))
+        for measure, unit, better, old_value, new_value in pairs
+        if isinstance(old_value, int | float) and isinstance(new_value, int | float)
+    ]
 
 
-def _measured(entry: Optimization) -> dict[str, Any] | None:
-    figures = _before_after(entry)
-    if figures is None:
-        return None
-    scale = 100.0 if entry.kind == Kind.CACHE else 1.0
-    return {
-        "label": f"#{entry.id} {entry.subject}",
-        "status": entry.status.value,
-        "values": [
-            {"name": "before", "value": round(figures[0] * scale, 3)},
-            {"name": "after", "value": round(figures[1] * scale, 3)},
-        ],
-    }
+def _measured(entry: Optimization) -> list[dict[str, Any]]:
+    if entry.status in (Status.DRY_RUN, Status.APPLYING):
+        return []
+    return [
+        {
+            "id": entry.id,
+            "kind": entry.kind.value,
+            "kind_title": {Kind.INDEX: "Indexes", Kind.CACHE: "Cache", Kind.RESOURCES: "Resources"}[entry.kind],
+            "metric": f"{measure} ({unit})",
+            "unit": unit,
+            "better": better,
+            "label": f"#{entry.id} {_short_subject(entry)}",
+            "subject": entry.subject,
+            "service": entry.service,
+            "status": entry.status.value,
+            "reason": entry.reason,
+            "before": round(before, 3),
+            "after": round(after, 3),
+            "change": f"{(after - before) / before:+.0%}" if before else "",
+            "values": [{"name": "before", "value": round(before, 3)}, {"name": "after", "value": round(after, 3)}],
+        }
+        for measure, unit, better, before, after in _figures(entry)
+    ]
+
+
+def _short_subject(entry: Optimization) -> str:
+    if entry.kind == Kind.INDEX and entry.change.get("table"):
+        return f"{entry.change['table']} ({', '.join(entry.change.get('columns', []))})"
+    return entry.subject
 
 
 def _change(entry: Optimization) -> dict[str, Any]:
@@ -114,9 +183,15 @@ def _change(entry: Optimization) -> dict[str, Any]:
 
 
 def _effect(entry: Optimization) -> str:
-    figures = _before_after(entry)
-    if figures is None:
-        return ""
-    if entry.kind == Kind.INDEX:
-        return f"read time {figures[0]:.1f} -> {figures[1]:.1f} ms"
-    return f"hit rate {figures[0]:.1%} -> {figures[1]:.1%}"
+    return "; ".join(
+        f"{measure} {before:,.1f} → {after:,.1f} {unit}" for measure, unit, _, before, after in _figures(entry)
+    )
+
+
+def _field(resources: dict[str, Any], name: str) -> Any:
+    camel = "".join(part.capitalize() if index else part for index, part in enumerate(name.split("_")))
+    return resources.get(name, resources.get(camel))
+
+
+def _scaled(value: Any, factor: float) -> float | None:
+    return value * factor if isinstance(value, int | float) else None

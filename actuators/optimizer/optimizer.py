@@ -10,8 +10,9 @@ other parts still answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient, SeriesIn
 from tmsops.settings import OptimizerSettings, parse_duration
 from tmsops.targets.base import Target
+from tmsops.tracing import span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,7 +98,11 @@ class Optimizer:
             dsn = self.policy.database.dsn
             if dsn is None:
                 raise DatabaseNotConfigured()
-            self._database = Database(dsn.get_secret_value(), statement_timeout=self.policy.database.statement_timeout)
+            self._database = Database(
+                dsn.get_secret_value(),
+                statement_timeout=self.policy.database.statement_timeout,
+                schemas=self.policy.database.schemas,
+            )
         return self._database
 
     async def advise_database(self) -> DatabaseAdvice:
@@ -105,7 +111,7 @@ class Optimizer:
     async def optimize_database(self, *, dry_run: bool, indexes: list[Candidate] | None = None) -> DatabaseResult:
         """Apply ``indexes`` (default: the recommended ones) one by one, each measured and kept or dropped."""
         database = self.database
-        async with self.lock:
+        async with self.lock, _applying("database", dry_run):
             advice = None
             if indexes is None:
                 advice = await self.advise_database()
@@ -128,7 +134,7 @@ class Optimizer:
     # -- cache ----------------------------------------------------------------------------------
 
     async def optimize_cache(self, *, dry_run: bool, target_hit_rate: float | None = None) -> list[Optimization]:
-        async with self.lock:
+        async with self.lock, _applying("cache", dry_run):
             return await self.cache.optimize(dry_run=dry_run, target_hit_rate=target_hit_rate)
 
     async def cache_health(self) -> str:
@@ -146,7 +152,7 @@ class Optimizer:
 
     async def optimize_resources(self, service: str, *, dry_run: bool) -> Optimization:
         recommendation = await self.resource_recommendation(service)
-        async with self.lock:
+        async with self.lock, _applying("resources", dry_run, service):
             return await apply_resources(
                 self.target,
                 self.journal,
@@ -342,6 +348,16 @@ class Optimizer:
                 raise
             skipped.append(f"{name}: {error.message}")
             return []
+
+
+@contextlib.asynccontextmanager
+async def _applying(part: str, dry_run: bool, service: str | None = None) -> AsyncIterator[None]:
+    """One span per apply (when tracing), taken once the change lock is held."""
+    attributes: dict[str, str | bool] = {"tmsops.optimizer.part": part, "tmsops.dry_run": dry_run}
+    if service is not None:
+        attributes["tmsops.service"] = service
+    with span("optimizer.apply", attributes):
+        yield
 
 
 def database_bottlenecks(advice: DatabaseAdvice, service: str) -> list[Bottleneck]:

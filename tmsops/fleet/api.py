@@ -12,23 +12,30 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictBool
 
 from tmsops import __version__
 from tmsops.app import create_app
 from tmsops.auth import OperateToken
 from tmsops.fleet.supervisor import Fleet
-from tmsops.settings import FleetSettings
+from tmsops.http_docs import error_responses
+from tmsops.settings import FleetSettings, WholeNumber
 from tmsops.targets.model import Fault, FaultRequest, Model, Resources, ServiceStatus, ServiceUsage
+
+# A change: an unknown service or replica (404), a replica that failed to start (502), a retry helps (503).
+CHANGE_ERRORS = error_responses(404, 502, 503)
+NOT_FOUND = error_responses(404)
 
 
 class ReplicasChange(Model):
-    replicas: int = Field(ge=0, le=1000)
+    model_config = ConfigDict(strict=True)
+
+    replicas: WholeNumber = Field(ge=0, le=1000)
     dry_run: bool = False
 
 
 class ResourcesChange(Resources):
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 def build_app(settings: FleetSettings, fleet: Fleet | None = None) -> FastAPI:
@@ -63,41 +70,41 @@ def _router() -> APIRouter:
         """Every service with its desired and ready replicas, resources and replicas."""
         return await _fleet(request).list_services()
 
-    @router.get("/services/{name}", response_model=ServiceStatus)
+    @router.get("/services/{name}", response_model=ServiceStatus, responses=NOT_FOUND)
     async def service(request: Request, name: str) -> ServiceStatus:
         return await _fleet(request).service(name)
 
-    @router.put("/services/{name}/replicas", response_model=ServiceStatus)
+    @router.put("/services/{name}/replicas", response_model=ServiceStatus, responses=CHANGE_ERRORS)
     async def set_replicas(request: Request, token: OperateToken, name: str, change: ReplicasChange) -> ServiceStatus:
         """Scale to ``replicas``: answers once the new replicas are ready, or the old ones are drained and stopped."""
         return await _fleet(request).set_replicas(name, change.replicas, dry_run=change.dry_run)
 
-    @router.patch("/services/{name}/resources", response_model=ServiceStatus)
+    @router.patch("/services/{name}/resources", response_model=ServiceStatus, responses=CHANGE_ERRORS)
     async def set_resources(request: Request, token: OperateToken, name: str, change: ResourcesChange) -> ServiceStatus:
         """Set requests and limits per replica (the fields given); the memory limit is enforced."""
         resources = Resources.model_validate(change.model_dump(exclude={"dry_run"}))
         return await _fleet(request).set_resources(name, resources, dry_run=change.dry_run)
 
-    @router.get("/services/{name}/usage", response_model=ServiceUsage)
+    @router.get("/services/{name}/usage", response_model=ServiceUsage, responses=NOT_FOUND)
     async def usage(request: Request, name: str) -> ServiceUsage:
         """CPU (cores) and resident memory (bytes) per replica, sampled every few seconds."""
         return await _fleet(request).usage(name)
 
-    @router.get("/faults", response_model=list[Fault])
+    @router.get("/faults", response_model=list[Fault], responses=NOT_FOUND)
     async def faults(request: Request, service: Annotated[str | None, Query()] = None) -> list[Fault]:
         """Faults in effect and recently ended, optionally for one service."""
         return await _fleet(request).faults(service)
 
-    @router.get("/faults/{fault_id}", response_model=Fault)
+    @router.get("/faults/{fault_id}", response_model=Fault, responses=NOT_FOUND)
     async def fault(request: Request, fault_id: str) -> Fault:
         return _fleet(request).book.get(fault_id)
 
-    @router.post("/faults", response_model=Fault, status_code=201)
+    @router.post("/faults", response_model=Fault, status_code=201, responses=CHANGE_ERRORS)
     async def inject(request: Request, token: OperateToken, fault_request: FaultRequest) -> Fault:
         """Inject a fault for ``ttlS`` seconds at most; the fleet ends it by itself when the time is up."""
         return await _fleet(request).inject(fault_request)
 
-    @router.delete("/faults/{fault_id}", response_model=Fault)
+    @router.delete("/faults/{fault_id}", response_model=Fault, responses=NOT_FOUND)
     async def revert(request: Request, token: OperateToken, fault_id: str) -> Fault | None:
         """End a fault now; a fault already ended is returned as it is."""
         return await _fleet(request).revert(fault_id)

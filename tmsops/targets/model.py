@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
-from tmsops.settings import Bytes, Cores
+from tmsops.settings import Bytes, Cores, WholeNumber
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonNegativeMs = Annotated[float, Field(ge=0, le=600_000)]
@@ -22,6 +23,19 @@ NonNegativeMs = Annotated[float, Field(ge=0, le=600_000)]
 
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def type_required(schema: JsonDict) -> None:
+    """Mark ``type``, the tag of a discriminated union, required in a member's JSON schema: it has a
+    default in Python, but a request must give it for the union to tell its members apart."""
+    required = [name for name in cast(list[str], schema.get("required", [])) if name != "type"]
+    schema["required"] = ["type", *required]
+
+
+class FaultSpecModel(Model):
+    """A member of :data:`FaultSpec`; strict, as a request body's part: a number is a JSON number."""
+
+    model_config = ConfigDict(json_schema_extra=type_required, strict=True)
 
 
 class Resources(Model):
@@ -89,7 +103,7 @@ class FaultType(StrEnum):
     SLOW_DEPENDENCY = "slow_dependency"
 
 
-class NetworkLatency(Model):
+class NetworkLatency(FaultSpecModel):
     """Every request to the service waits ``latency_ms`` plus or minus ``jitter_ms`` (uniform)."""
 
     type: Literal[FaultType.NETWORK_LATENCY] = FaultType.NETWORK_LATENCY
@@ -97,39 +111,39 @@ class NetworkLatency(Model):
     jitter_ms: NonNegativeMs = 0
 
 
-class BandwidthLimit(Model):
+class BandwidthLimit(FaultSpecModel):
     """Responses from the service flow at most at ``rate_kbps`` kilobytes per second."""
 
     type: Literal[FaultType.BANDWIDTH_LIMIT] = FaultType.BANDWIDTH_LIMIT
     rate_kbps: float = Field(gt=0, le=10_000_000)
 
 
-class ConnectionReset(Model):
+class ConnectionReset(FaultSpecModel):
     """A share ``probability`` of connections to the service is reset (TCP RST) before any answer."""
 
     type: Literal[FaultType.CONNECTION_RESET] = FaultType.CONNECTION_RESET
     probability: Probability = 1.0
 
 
-class ServiceUnavailable(Model):
+class ServiceUnavailable(FaultSpecModel):
     """A share ``error_rate`` of requests fails: ``error`` answers ``status``, ``refuse`` resets the
     connection, ``pause`` stops the chosen replicas (SIGSTOP on the fleet, pod failure on Kubernetes)."""
 
     type: Literal[FaultType.SERVICE_UNAVAILABLE] = FaultType.SERVICE_UNAVAILABLE
     mode: Literal["error", "refuse", "pause"] = "error"
     error_rate: Probability = 1.0
-    status: int = Field(503, ge=500, le=599)
+    status: WholeNumber = Field(503, ge=500, le=599)
 
 
-class CpuStress(Model):
+class CpuStress(FaultSpecModel):
     """``workers`` busy workers per chosen replica, each at ``load_percent`` of one core."""
 
     type: Literal[FaultType.CPU_STRESS] = FaultType.CPU_STRESS
-    workers: int = Field(1, ge=1, le=64)
+    workers: WholeNumber = Field(1, ge=1, le=64)
     load_percent: float = Field(100, gt=0, le=100)
 
 
-class MemoryGrowth(Model):
+class MemoryGrowth(FaultSpecModel):
     """Memory held beside each chosen replica grows by ``rate_mb_per_s`` up to ``cap_mb``."""
 
     type: Literal[FaultType.MEMORY_GROWTH] = FaultType.MEMORY_GROWTH
@@ -137,7 +151,7 @@ class MemoryGrowth(Model):
     cap_mb: float = Field(gt=0, le=1_000_000)
 
 
-class DiskFill(Model):
+class DiskFill(FaultSpecModel):
     """Fill the service's data volume until ``fill_percent`` of it is used, never leaving less than
     ``floor_mb`` free."""
 
@@ -146,7 +160,7 @@ class DiskFill(Model):
     floor_mb: float = Field(1024, ge=0)
 
 
-class SlowDependency(Model):
+class SlowDependency(FaultSpecModel):
     """Traffic between the service and its dependency ``dependency`` (as declared for the service,
     e.g. ``postgres``) waits ``latency_ms`` plus or minus ``jitter_ms``."""
 
@@ -174,6 +188,8 @@ MAX_FAULT_TTL = timedelta(hours=24)
 class FaultRequest(Model):
     """Inject ``fault`` into ``service`` for ``ttl_s`` seconds at most; ``replicas`` picks the replicas
     hit by per-replica faults (all when empty); ``dry_run`` checks everything and changes nothing."""
+
+    model_config = ConfigDict(strict=True)
 
     service: str
     fault: FaultSpec
