@@ -55,13 +55,15 @@ def up_command(
     Ctrl-C (or `tmsops down`) stops them all.
     """
     from tmsops.settings import CoreSettings, FleetSettings, load_settings
-    from tmsops.up import up
+    from tmsops.up import pid_file, up
 
-    if demo:
-        if config is not None:
-            raise typer.BadParameter("--demo brings its own settings; leave --config out", param_hint="--config")
-        config = demo_config(load_settings(CoreSettings, None).state_dir)
-    up(load_settings(CoreSettings, config), load_settings(FleetSettings, config), config=config, demo=demo)
+    if demo and config is not None:
+        raise typer.BadParameter("--demo brings its own settings; leave --config out", param_hint="--config")
+    state_dir = load_settings(CoreSettings, config).state_dir
+    with pid_file(state_dir):  # before the demo resets its database: a running demo stays untouched
+        if demo:
+            config = demo_config(state_dir)
+        up(load_settings(CoreSettings, config), load_settings(FleetSettings, config), config=config, demo=demo)
 
 
 def demo_config(state_dir: Path) -> Path:

@@ -20,15 +20,17 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -94,7 +96,7 @@ def platform_parts(settings: CoreSettings, fleet: FleetSettings) -> list[Part]:
             [python, "-m", "serving"],
             f"{model_server}/readyz",
             300.0,
-            f"{model_server}/docs",
+            f"{model_server}/",
             env={"TMSOPS_SERVING_TRACKING_URI": os.environ.get("TMSOPS_SERVING_TRACKING_URI", tracking_uri)},
         ),
         Part("fleet", [python, "-m", "tmsops.fleet", "run"], f"{control}/health", 180.0, f"{control}/docs"),
@@ -127,16 +129,26 @@ class Started:
 def up(settings: CoreSettings, fleet: FleetSettings, *, config: Path | None = None, demo: bool = False) -> None:
     """Start every part, print the URLs and the admin token, and wait until interrupted.
 
-    ``config``: the settings file, passed on to every part. ``demo``: run the demo's story too.
+    ``config``: the settings file, passed on to every part. ``demo``: run the demo's story too,
+    in an environment without ``TMSOPS_*`` overrides (the demo's settings are its own).
+    The caller holds the state's :func:`pid_file`.
     """
-    token = ensure_admin_token(settings.state_dir, database_url=settings.database_url)
     parts = platform_parts(settings, fleet)
+    busy = ports_in_use(parts, fleet)
+    if busy:
+        raise StartUpFailed(f"ports in use: {', '.join(busy)}; stop what listens there (`tmsops down`?)")
+    environ: Mapping[str, str] = os.environ
+    if demo:
+        environ, dropped = demo_environment(os.environ)
+        if dropped:
+            _say(f"demo: leaving out your overrides {', '.join(sorted(dropped))} (the demo has its own settings)")
+    token = ensure_admin_token(settings.state_dir, database_url=settings.database_url)
     if demo:
         parts.append(demo_part(issue_token(settings, "demo", Scope.OPERATE)))
     if config is not None:
         parts = [replace(part, env={**part.env, "TMSOPS_CONFIG": str(config.resolve())}) for part in parts]
     started_at = time.monotonic()
-    with pid_file(settings.state_dir), running(parts, settings.state_dir / "logs") as started:
+    with running(parts, settings.state_dir / "logs", environ=environ) as started:
         print(f"tmsops is up ({time.monotonic() - started_at:.0f} s):")
         for item in started:
             if item.part.url:
@@ -147,6 +159,33 @@ def up(settings: CoreSettings, fleet: FleetSettings, *, config: Path | None = No
             print("admin token: printed when it was created; `tmsops token NAME --scope admin` makes another")
         print("Ctrl-C (or `tmsops down`) stops everything.", flush=True)
         wait_for_exit(started)
+
+
+def demo_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``environ`` without the ``TMSOPS_*`` overrides of settings (the demo must not act on a
+    cluster or a database named in the shell); the state directory and the demo's own are kept."""
+    kept_prefixes = ("TMSOPS_DEMO_", "TMSOPS_SERVING_", "TMSOPS_STATE_DIR")
+    dropped = [name for name in environ if name.startswith("TMSOPS_") and not name.startswith(kept_prefixes)]
+    return {name: value for name, value in environ.items() if name not in dropped}, dropped
+
+
+def ports_in_use(parts: list[Part], fleet: FleetSettings) -> list[str]:
+    """The ports the platform would listen on that something already answers on, each with its user."""
+    wanted: dict[tuple[str, int], str] = {}
+    for part in parts:
+        if part.health_url:
+            address = urlsplit(part.health_url)
+            wanted[(address.hostname or "127.0.0.1", address.port or 80)] = part.name
+    if fleet.target.kind == "fleet":
+        for name, service in fleet.fleet.services.items():
+            wanted[(fleet.host, service.port)] = name
+    busy = []
+    for (host, port), name in wanted.items():
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex((host, port)) == 0:
+                busy.append(f"{port} ({name})")
+    return busy
 
 
 def issue_token(settings: CoreSettings, name: str, scope: Scope) -> str:
@@ -168,7 +207,7 @@ def pid_file(state_dir: Path) -> Iterator[Path]:
     if running_pid is not None:
         raise StartUpFailed(f"tmsops is already up (pid {running_pid}); `tmsops down` stops it")
     state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
+    path.write_text(f"{os.getpid()} {psutil.Process().create_time()}\n")
     try:
         yield path
     finally:
@@ -178,12 +217,19 @@ def pid_file(state_dir: Path) -> Iterator[Path]:
 
 
 def read_pid(path: Path) -> int | None:
-    """The pid in ``path`` if that process still runs; a stale file is removed."""
+    """The pid in ``path`` if that process (the same one: its start time matches) still runs;
+    a stale file is removed."""
     try:
-        pid = int(path.read_text().strip())
+        pid_text, _, created_text = path.read_text().strip().partition(" ")
+        pid, created = int(pid_text), float(created_text or "nan")
     except (FileNotFoundError, ValueError):
         return None
-    if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    try:
+        process = psutil.Process(pid)
+        alive = process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - created) < 1.0
+    except psutil.Error:
+        alive = False
+    if alive:
         return pid
     with suppress(FileNotFoundError):
         path.unlink()
@@ -195,11 +241,13 @@ def down(state_dir: Path, timeout_s: float = 120.0) -> int | None:
     pid = read_pid(state_dir / PID_FILE)
     if pid is None:
         return None
-    os.kill(pid, signal.SIGTERM)
     try:
+        os.kill(pid, signal.SIGTERM)
         psutil.Process(pid).wait(timeout_s)
-    except psutil.NoSuchProcess:
+    except (ProcessLookupError, psutil.NoSuchProcess):
         pass
+    except PermissionError as error:
+        raise StartUpFailed(f"not allowed to stop tmsops up (pid {pid}): run as its user") from error
     except psutil.TimeoutExpired as error:
         raise StartUpFailed(f"tmsops up (pid {pid}) has not stopped within {timeout_s:.0f} s") from error
     return pid
@@ -230,34 +278,41 @@ def status(settings: CoreSettings, fleet: FleetSettings) -> list[PartStatus]:
 
 
 @contextmanager
-def running(parts: list[Part], logs: Path, grace_s: float = STOP_GRACE_S) -> Iterator[list[Started]]:
+def running(
+    parts: list[Part], logs: Path, grace_s: float = STOP_GRACE_S, environ: Mapping[str, str] | None = None
+) -> Iterator[list[Started]]:
+    """Start ``parts`` in order (each in ``environ``, default this process's, plus its own ``env``),
+    wait until they are healthy, and stop them all when the block ends or a signal comes."""
     started: list[Started] = []
-    # Ctrl-C and SIGTERM stop everything, even where SIGINT came in ignored (a background job)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    previous_interrupt = signal.signal(signal.SIGINT, _raise_interrupt)
+    # Ctrl-C, SIGTERM and a closed terminal stop everything, even where SIGINT came in ignored
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
+    serving = False
     try:
         for part in parts:
             if part.health_url is None:  # a client of the platform (the demo's story): once all is healthy
                 _wait_all_healthy(started)
-            started.append(_start(part, logs))
+            started.append(_start(part, logs, os.environ if environ is None else environ))
             if part.wait:
                 _wait_healthy(started[-1])
         _wait_all_healthy(started)
+        serving = True
         yield started
     except KeyboardInterrupt:
-        pass
+        if not serving:
+            raise StartUpFailed("interrupted during start-up: what had started is stopped") from None
     finally:
         # a second Ctrl-C must not cut the stop short: that is how processes are left behind
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in stop_signals:
+            signal.signal(signum, signal.SIG_IGN)
         try:
             if started:
                 _say(f"stopping {len(started)} part(s), at most {grace_s:.0f} s each ...")
             for item in reversed(started):
                 _stop(item, grace_s)
         finally:
-            signal.signal(signal.SIGINT, previous_interrupt)
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def wait_for_exit(started: list[Started]) -> None:
@@ -269,11 +324,11 @@ def wait_for_exit(started: list[Started]) -> None:
         time.sleep(POLL_S * 4)
 
 
-def _start(part: Part, logs: Path) -> Started:
+def _start(part: Part, logs: Path, environ: Mapping[str, str]) -> Started:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{part.name.replace(' ', '-')}.log"
     _say(f"starting {part.name} ...")
-    env = {**os.environ, **part.env}
+    env = {**environ, **part.env}
     with log.open("ab") as output:
         process = subprocess.Popen(
             part.command,
@@ -310,12 +365,14 @@ def _wait_healthy(item: Started) -> None:
     if item.part.health_url is None:
         return
     with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
+        while True:  # at least one probe: a part waited for last may be past its deadline already
             if item.process.poll() is not None:
                 raise StartUpFailed(f"{item.part.name} exited with code {item.process.returncode}:\n{_tail(item.log)}")
             with suppress(httpx.HTTPError):
                 if client.get(item.part.health_url).status_code == 200:
                     return
+            if time.monotonic() >= deadline:
+                break
             time.sleep(POLL_S)
     raise StartUpFailed(
         f"{item.part.name} was not healthy within {item.part.start_timeout_s:.0f} s:\n{_tail(item.log)}"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,9 +77,11 @@ def test_a_part_nothing_waits_for_is_healthy_before_the_platforms_clients_start(
     story = Part("story", [sys.executable, "-c", probe], None, 10.0, "", console=True)
     with running([slow, http_part("first"), story], tmp_path) as started:
         started[-1].process.wait(timeout=30)
-        time.sleep(0.5)  # the copy of the output runs on a thread
-    assert "story sees 200" in capfd.readouterr().out
+        deadline = time.monotonic() + 30  # the copy of the output runs on a thread
+        while "story sees 200" not in (tmp_path / "story.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
     assert "story sees 200" in (tmp_path / "story.log").read_text()
+    assert "story sees 200" in capfd.readouterr().out
 
 
 def test_a_second_up_on_the_same_state_is_refused_and_down_stops_the_first(tmp_path: Path) -> None:
@@ -91,7 +94,7 @@ def test_a_second_up_on_the_same_state_is_refused_and_down_stops_the_first(tmp_p
     assert down(tmp_path) is None  # nothing running
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    (tmp_path / PID_FILE).write_text(f"{sleeper.pid}\n")
+    (tmp_path / PID_FILE).write_text(f"{sleeper.pid} {psutil.Process(sleeper.pid).create_time()}\n")
     assert down(tmp_path, timeout_s=30) == sleeper.pid
     sleeper.wait(timeout=5)  # down() reaped it already (it is this test's child): it has stopped
     assert not psutil.pid_exists(sleeper.pid)
@@ -118,7 +121,7 @@ def test_a_parts_workers_that_outlive_it_are_stopped_too(tmp_path: Path) -> None
     part = Part("with-worker", command, f"http://127.0.0.1:{port}/", 30.0, "")
     with running([part], tmp_path, grace_s=1.0) as started:
         group = started[0].process.pid
-        workers = [p for p in psutil.process_iter() if p.pid != group and os.getpgid(p.pid) == group]
+        workers = [p for p in psutil.process_iter() if p.pid != group and group_of(p.pid) == group]
         assert len(workers) == 1
     _gone, alive = psutil.wait_procs(workers, timeout=5)  # SIGKILL was sent: wait for its delivery
     assert [worker for worker in alive if worker.status() != psutil.STATUS_ZOMBIE] == []
@@ -145,8 +148,12 @@ def test_sigint_stops_everything_even_when_it_came_in_ignored(tmp_path: Path) ->
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert up.stdout is not None
-    assert up.stdout.readline() == "starting web ...\n"
-    assert up.stdout.readline() == "up\n"
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(up.stdout or ()), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while "up\n" not in lines and time.monotonic() < deadline and up.poll() is None:
+        time.sleep(0.1)
+    assert lines[:2] == ["starting web ...\n", "up\n"]
     web = psutil.Process(up.pid).children(recursive=True)
     assert web
     up.send_signal(signal.SIGINT)
@@ -157,3 +164,32 @@ def test_sigint_stops_everything_even_when_it_came_in_ignored(tmp_path: Path) ->
             with contextlib.suppress(psutil.Error):
                 process.kill()
     assert [process for process in web if process.is_running() and process.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def group_of(pid: int) -> int | None:
+    """The process group of ``pid``, or None once it has gone (other tests start and stop processes)."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_an_interrupted_start_stops_what_started_and_says_so(tmp_path: Path) -> None:
+    before = children()
+    interrupt = Part("interrupt", [sys.executable, "-c", "import time; time.sleep(60)"], "http://127.0.0.1:9/", 30, "")
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with (
+        pytest.raises(StartUpFailed, match="interrupted during start-up: what had started is stopped"),
+        running([http_part("first"), interrupt], tmp_path, grace_s=2.0),
+    ):
+        pass
+    timer.join()
+    assert children() <= before
+
+
+def test_a_pid_file_naming_another_process_with_that_pid_is_stale(tmp_path: Path) -> None:
+    """After a reboot or a kill -9 the pid may belong to another process: its start time tells."""
+    (tmp_path / PID_FILE).write_text(f"{os.getpid()} {psutil.Process().create_time() - 3600}\n")
+    assert read_pid(tmp_path / PID_FILE) is None
+    assert down(tmp_path) is None

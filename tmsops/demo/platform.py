@@ -16,7 +16,6 @@ and says so.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 COMPRESS = 150.0  # 5-minute steps become 2 s: a day in 9.6 minutes
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/tmsops_demo"
+DEMO_DATABASE = "tmsops_demo"
+DEMO_MARK = "tmsops demo: made by tmsops up --demo, emptied at every start"
+DEFAULT_POSTGRES = f"postgresql://postgres@127.0.0.1:5432/{DEMO_DATABASE}"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 SHIPMENT_ROWS = 300_000
 DEMO_EXTENSIONS = ("pg_stat_statements", "hypopg", "pg_qualstats")
@@ -54,33 +55,46 @@ def find_backends(env: dict[str, str] | None = None) -> DemoBackends:
             backends.postgres = postgres
         except (psycopg.Error, ValueError) as error:
             where = _without_password(postgres)
-            backends.notes.append(f"PostgreSQL at {where} is not usable ({error}): shipments in SQLite instead")
+            backends.notes.append(f"PostgreSQL at {where} is not used ({error}): shipments in SQLite instead")
     elif postgres:
         backends.notes.append(f"no PostgreSQL at {_without_password(postgres)}: shipments in SQLite, no index demo")
     redis = env.get("TMSOPS_DEMO_REDIS", DEFAULT_REDIS)
     if redis and _answers(redis, 6379):
         backends.redis = redis
     elif redis:
-        backends.notes.append(f"no Redis at {redis}: the shipment-service runs without a cache")
+        backends.notes.append(f"no Redis at {_without_password(redis)}: the shipment-service runs without a cache")
     return backends
 
 
 def prepare_database(dsn: str) -> list[str]:
-    """Create the demo database if needed, drop the previous run's table, add the optimizer's extensions."""
+    """Create the demo database if needed, drop the previous run's table, add the optimizer's extensions.
+
+    Only ever in a database named :data:`DEMO_DATABASE` that this function created (it carries
+    :data:`DEMO_MARK` as its comment): a DSN naming any other database is refused, so a mistyped
+    ``TMSOPS_DEMO_POSTGRES`` cannot empty someone's schema.
+    """
     import psycopg
     from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
-        raise ValueError(f"the demo database name {name!r} must be lower-case letters, digits and '_'")
-    maintenance = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True, connect_timeout=5) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(dsn)
+    if params.get("dbname") != DEMO_DATABASE or "service" in params:
+        raise ValueError(f"the demo's database must be {DEMO_DATABASE!r} (it is emptied at every start)")
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True, connect_timeout=5) as connection:
+        found = connection.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
+        ).fetchone()
+        if found is None:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+            connection.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(DEMO_DATABASE), sql.Literal(DEMO_MARK))
+            )
+        elif found[0] != DEMO_MARK:
+            raise ValueError(f"a database {DEMO_DATABASE!r} exists that `tmsops up --demo` did not make: not touched")
     notes = []
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as connection:
+        if connection.info.dbname != DEMO_DATABASE:
+            raise ValueError(f"connected to {connection.info.dbname!r}, not {DEMO_DATABASE!r}: not touched")
         connection.execute("DROP SCHEMA IF EXISTS tms CASCADE")
         for extension in DEMO_EXTENSIONS:
             try:
@@ -167,11 +181,11 @@ def write_demo_settings(backends: DemoBackends, state_dir: Path) -> Path:
 
 
 def _answers(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
             return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a port that is not a number
         return False
 
 

@@ -79,7 +79,8 @@ class Database:
             await session.execute(f"SET statement_timeout = {self.statement_timeout_ms}")
             if self.search_path:
                 await session.execute(
-                    "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), false)",
+                    "SELECT set_config('search_path', concat_ws(', ', %s::text,"
+                    " nullif(current_setting('search_path'), '')), false)",
                     (self.search_path,),
                 )
             yield session
