@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +24,7 @@ from support.chaos_env import (
     tcp_echo,
     wait_for,
 )
+from support.net import threaded_http
 
 from tmsops.app import api_routes
 from tmsops.fleet.supervisor import Fleet
@@ -390,12 +390,8 @@ class FakeObservability(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def observability() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeObservability)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with threaded_http(FakeObservability) as url:
+        yield url
 
 
 async def test_prometheus_and_anomaly_probes_gate_the_start(tmp_path: Path, fleet: Fleet, observability: str) -> None:

@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from conftest import require_service
+from support.net import threaded_http
 
 from tmsops.loadgen import ReplayOptions, rate_schedule, read_trace, run_replay
 
@@ -235,15 +236,8 @@ class FakeTracking(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_tracking() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeTracking)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with threaded_http(FakeTracking) as url:
+        yield url
 
 
 def test_upstream_failures_name_the_upstream(

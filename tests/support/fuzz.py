@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
 import schemathesis
@@ -26,6 +26,8 @@ from schemathesis.config import OutputConfig, SchemathesisConfig
 from schemathesis.core.failures import format_failures
 from schemathesis.engine import events, from_schema
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER, HookContext
+
+from support.net import threaded_http
 
 T = TypeVar("T")
 START_TIMEOUT_S = 120.0
@@ -174,11 +176,5 @@ class _Ok(BaseHTTPRequestHandler):
 @contextmanager
 def ok_server() -> Iterator[str]:
     """An HTTP server that answers 200 to GET and HEAD on every path; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with threaded_http(_Ok) as url:
+        yield url

@@ -7,16 +7,16 @@ import logging
 import os
 import shutil
 import socket
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.net import threaded_http
 
 from tmsops.app import add_health_check, create_app
 from tmsops.errors import PermanentError, TemporaryError
@@ -42,12 +42,8 @@ class ReadyModelServer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def model_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ReadyModelServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with threaded_http(ReadyModelServer) as url:
+        yield url
 
 
 def closed_port_url() -> str:
