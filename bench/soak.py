@@ -8,8 +8,8 @@ experiment, the optimizer's index) it samples the memory (RSS) of every part eve
 JSON object:
 
 - ``memory``: per part, the median RSS of the first and of the last third of the samples
-  taken after ``--warmup-s`` (the fleet's replicas are their own entry, per replica: their
-  count follows the autoscaler), and the growth between the two; flat means under
+  taken after ``--warmup-s`` (the fleet's replicas are entries of their own, per replica of
+  each service: their count follows the autoscaler), and the growth between the two; flat means under
   ``--max-growth-pct``;
 - ``log_errors``: lines at level ERROR or CRITICAL, and tracebacks, in every part's log;
 - ``decisions``: the autoscaler's decisions per service against the decision cycles that
@@ -70,10 +70,10 @@ def part_of(process: psutil.Process) -> str | None:
 
 
 def memory_by_part(up: psutil.Process) -> dict[str, float]:
-    """RSS in MiB of each part's process tree; the fleet's replicas apart, per replica (their
-    number follows the autoscaler)."""
+    """RSS in MiB of each part's process tree; the fleet's replicas apart, per replica of each
+    service (their number follows the autoscaler, and the services' replicas differ in size)."""
     totals: dict[str, float] = defaultdict(float)
-    replicas = 0
+    replicas: dict[str, int] = defaultdict(int)
     for child in up.children():
         name = part_of(child)
         if name is None:
@@ -85,14 +85,22 @@ def memory_by_part(up: psutil.Process) -> dict[str, float]:
         for process in tree:
             try:
                 rss = process.memory_info().rss / 2**20
+                kind = replica_kind(process) if name == "fleet" and process is not child else None
             except psutil.Error:
                 continue
-            replica = name == "fleet" and process is not child and "tmsops.demo" in " ".join(process.cmdline())
-            totals["fleet replica (each)" if replica else name] += rss
-            replicas += replica
-    if replicas:
-        totals["fleet replica (each)"] /= replicas
+            totals[kind or name] += rss
+            if kind:
+                replicas[kind] += 1
+    for kind, count in replicas.items():
+        totals[kind] /= count
     return dict(totals)
+
+
+def replica_kind(process: psutil.Process) -> str | None:
+    """``<service> replica (each)`` for a replica of a demo service, None for another process."""
+    command = process.cmdline()
+    module = command[command.index("-m") + 1] if "-m" in command[:-1] else ""
+    return f"{module.removeprefix('tmsops.demo.')} replica (each)" if module.startswith("tmsops.demo.") else None
 
 
 def growth(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:

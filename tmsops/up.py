@@ -286,13 +286,15 @@ def running(
     started: list[Started] = []
     # Ctrl-C, SIGTERM and a closed terminal stop everything, even where SIGINT came in ignored
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
+    interrupts = Interrupts()
+    previous = {signum: signal.signal(signum, interrupts.handle) for signum in stop_signals}
     serving = False
     try:
         for part in parts:
             if part.health_url is None:  # a client of the platform (the demo's story): once all is healthy
                 _wait_all_healthy(started)
-            started.append(_start(part, logs, os.environ if environ is None else environ))
+            with interrupts.held():  # a process started is recorded before a Ctrl-C can cut in
+                started.append(_start(part, logs, os.environ if environ is None else environ))
             if part.wait:
                 _wait_healthy(started[-1])
         _wait_all_healthy(started)
@@ -425,5 +427,27 @@ def _tail(log: Path, size: int = 2000) -> str:
         return "(no log)"
 
 
-def _raise_interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+class Interrupts:
+    """A stop signal raises KeyboardInterrupt where it lands, except inside :meth:`held`, which
+    raises it at its end instead: a section that must finish (start a process and record it)."""
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._pending = False
+
+    def handle(self, _signum: int, _frame: object) -> None:
+        if self._holding:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt

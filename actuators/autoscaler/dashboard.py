@@ -38,7 +38,7 @@ function render(data) {
     fact(`every ${number(data.interval_s)} s`, "a decision per service"),
     fact(duration(data.forecast_step_s), "forecast step"),
     fact(...model),
-    fact(`${data.min_replicas}–${data.max_replicas}`, "replicas allowed")));
+    fact(`${data.min_replicas}–${data.max_replicas}`, "replicas allowed by the policy (a service's own bounds win)")));
   if (!data.services.length) {
     root.append(h("div", {class: "empty-state"}, h("b", {}, "No service observed yet. "),
       `The autoscaler observes the target's services every ${number(data.interval_s)} s; if none appears, `,
@@ -54,7 +54,8 @@ function service(s, data) {
   const demand = s.demand.length ? s.demand[s.demand.length - 1][1] : null;
   card.append(h("div", {class: "head"}, h("h2", {}, s.name),
     h("span", {class: "badge"}, `${replicas ?? "?"} ${replicas === 1 ? "replica" : "replicas"} running`),
-    h("span", {class: "badge"}, `demand ${number(demand)} requests/s`)));
+    h("span", {class: "badge"}, `demand ${number(demand)} requests/s`),
+    h("span", {class: "badge"}, `${s.min_replicas}–${s.max_replicas} replicas allowed`)));
   card.append(h("div", {class: "meta"}, `Last decision: ${s.summary}`));
   const times = [...s.demand, ...s.replicas].map(([t]) => t);
   const forecast = s.forecast_history_p50.concat(s.forecast_p50);
@@ -79,7 +80,8 @@ function service(s, data) {
   tmsopsChart(card, {
     title: "Replicas: running, recommended, and each scaling decision (hover a triangle for its reason)",
     yLabel: "replicas", integer: true, x, now: data.now, height: 220,
-    refs: [{v: data.max_replicas, label: `maxReplicas ${data.max_replicas}`}],
+    refs: [{v: s.max_replicas, label: `maxReplicas ${s.max_replicas}`},
+      ...(s.min_replicas > 1 ? [{v: s.min_replicas, label: `minReplicas ${s.min_replicas}`}] : [])],
     series: [
       {name: "running", color: COLORS.running, points: s.replicas, step: true, width: 2.5},
       {name: "recommended", color: COLORS.recommended, points: s.recommended, step: true, dash: true}],
@@ -154,8 +156,11 @@ def _service(
     actuals = list(state.actuals)
     decision = state.decision
     latest, history = _forecasts(state, wall_offset)
+    low, high = state.bounds or (scaler.config.min_replicas, scaler.config.max_replicas)
     return {
         "name": name,
+        "min_replicas": low,
+        "max_replicas": high,
         "summary": decision.reason if decision else "none yet",
         "demand": [[_ms(item["at"]), item["demand"]] for item in actuals if item["demand"] is not None],
         "replicas": [[_ms(item["at"]), item["replicas"]] for item in actuals],
@@ -191,7 +196,7 @@ def _decision(record: DecisionRecord) -> dict[str, Any]:
 def _forecasts(state: ServiceState, wall_offset: float) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """The latest forecast in full, and each forecast's first step: what was expected one step ahead.
 
-    A forecast value is the mean demand of a step, drawn at the middle of that step.
+    A forecast value is drawn when in its step it is the demand (the middle, for a step's mean).
     """
     history: dict[str, list[Any]] = {"forecast_history_p50": [], "forecast_history_band": []}
     for forecast in state.forecasts:
@@ -211,8 +216,7 @@ def _forecasts(state: ServiceState, wall_offset: float) -> tuple[dict[str, list[
 
 
 def _stamps(forecast: ForecastView, wall_offset: float) -> list[float]:
-    origin_s = forecast.at + wall_offset
-    return [_ms(origin_s + forecast.step_s * (index + 0.5)) for index in range(len(forecast.p50))]
+    return [_ms(forecast.value_time(step) + wall_offset) for step in range(1, len(forecast.p50) + 1)]
 
 
 def _ms(epoch_s: float) -> float:

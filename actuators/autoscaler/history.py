@@ -18,9 +18,13 @@ class DemandHistory:
     _bucket: list[float] = field(default_factory=list)
 
     def add(self, at: float, demand: float) -> None:
-        """Record a sample; every step boundary passed closes a bucket (an empty one repeats the last value)."""
+        """Record a sample; every step boundary passed closes a bucket (an empty one repeats the last value).
+
+        The first step is centred on the first sample: a step's mean counts as the demand at its
+        middle, so with one sample a step (interval = step) each sample sits where its value is dated.
+        """
         if self._bucket_start is None:
-            self._bucket_start = at
+            self._bucket_start = at - self.step_s / 2
         while at >= self._bucket_start + self.step_s:
             self._close()
             self._bucket_start += self.step_s

@@ -48,6 +48,8 @@ class ServiceState:
     forecast: ForecastView | None = None
     forecast_origin: float | None = None
     decision: Decision | None = None
+    # The replicas allowed, as last observed: the target's own bounds where it has them, else the policy's.
+    bounds: tuple[int, int] | None = None
     actuals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ACTUALS_KEPT))
     # The recent forecasts, oldest first: the dashboard shows each one's next step against the demand that came.
     forecasts: deque[ForecastView] = field(default_factory=lambda: deque(maxlen=FORECASTS_KEPT))
@@ -196,6 +198,10 @@ class Autoscaler:
             log.warning("cannot observe %s: %s", name, error.message)
             return None
         state = self.state(name)
+        state.bounds = (
+            observation.min_replicas if observation.min_replicas is not None else self.config.min_replicas,
+            observation.max_replicas if observation.max_replicas is not None else self.config.max_replicas,
+        )
         if observation.demand is not None:
             demand_at = observation.demand_at if observation.demand_at is not None else observation.at
             state.history.add(demand_at, observation.demand)
@@ -241,13 +247,15 @@ class Autoscaler:
                 p10=tuple(forecast.p10),
                 p50=tuple(forecast.p50),
                 p90=tuple(forecast.p90),
+                point_in_step=0.5,  # the history holds each step's mean demand
             )
             state.forecasts.append(state.forecast)
 
     def _decide(self, name: str, observation: Observation) -> Decision:
         state = self.state(name)
         error = self.forecast_problem(state)
-        decision = state.policy.decide(observation, state.forecast if error is None else None, error)
+        forecast = state.forecast if error is None else None
+        decision = state.policy.decide(observation, forecast, error, now=time.monotonic())
         state.decision = decision
         busy = state.lock.locked()
         act = self.acting and decision.desired != decision.current and not busy

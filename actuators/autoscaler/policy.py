@@ -8,8 +8,9 @@ Three answers are computed and combined:
   the two thresholds make a band where nothing moves. The largest answer wins; a missing
   metric never votes for fewer replicas.
 - **predictive**: enough replicas, ready at the end of the lead time (the replicas' measured
-  start-up time plus one interval: what is decided now is ready then; the first forecast step
-  at or after it counts too), for two demands over that time, each at least the demand
+  start-up time plus one interval, from when the decision is taken: what is decided now is
+  ready then; the first forecast value dated at or after it counts too, a step's mean being
+  dated at the step's middle), for two demands over that time, each at least the demand
   served now (a replica removed now is gone at once):
 
   * the *central* demand, the peak of the forecast p50 (or p90 when configured), served at the
@@ -88,13 +89,23 @@ class Observation:
 
 @dataclass(frozen=True)
 class ForecastView:
-    """Forecast demand for the next steps, ``step_s`` seconds apart, starting one step after ``at``."""
+    """Forecast demand for the next steps, ``step_s`` seconds apart: step ``k`` (from 1) spans
+    ``at + (k - 1) x step_s .. at + k x step_s``.
+
+    ``point_in_step`` says when in its step a value is the demand: 1 (its end) for a trace of
+    samples, 0.5 (its middle) for the mean demand of each step, as the live loop's history holds.
+    """
 
     at: float
     step_s: float
     p10: tuple[float, ...]
     p50: tuple[float, ...]
     p90: tuple[float, ...]
+    point_in_step: float = 1.0
+
+    def value_time(self, step: int) -> float:
+        """When step ``step``'s value (from 1) is the demand."""
+        return self.at + (step - 1 + self.point_in_step) * self.step_s
 
 
 @dataclass(frozen=True)
@@ -156,13 +167,13 @@ def _metric_desire(
 
 
 def steps_used(forecast: ForecastView, now: float, lead_time_s: float) -> int:
-    """How many forecast steps reach the lead time: every step before it, and the first at or after it.
+    """How many forecast steps reach the lead time: every value before it, and the first at or after it.
 
-    The demand when replicas asked for now are ready lies between two steps; both count.
+    The demand when replicas asked for now are ready lies between two values; both count.
     """
     horizon_end = now + lead_time_s
     for step in range(1, len(forecast.p50) + 1):
-        if forecast.at + step * forecast.step_s >= horizon_end:
+        if forecast.value_time(step) >= horizon_end:
             return step
     return len(forecast.p50)
 
@@ -245,12 +256,19 @@ class ServicePolicy:
         self.startup_s = 0.7 * self.startup_s + 0.3 * seconds
 
     def decide(
-        self, observation: Observation, forecast: ForecastView | None, forecast_error: str | None = None
+        self,
+        observation: Observation,
+        forecast: ForecastView | None,
+        forecast_error: str | None = None,
+        now: float | None = None,
     ) -> Decision:
+        """``now``: when the decision is taken, if later than the observation (after a forecast came
+        back); the lead time counts from it."""
         self.capacity.observe(observation)
         reactive, why = reactive_desire(observation, self.config)
         lead_time_s = self.startup_s + self.config.interval_s
-        sizing = self._predictive(observation, forecast, forecast_error, lead_time_s)
+        decided_at = observation.at if now is None else max(now, observation.at)
+        sizing = self._predictive(observation, forecast, forecast_error, decided_at, lead_time_s)
         predictive, fallback = sizing.replicas, sizing.fallback
         blended = self._blend(observation.replicas, reactive, predictive)
         desired = self._bounded(observation, blended)
@@ -272,7 +290,12 @@ class ServicePolicy:
         )
 
     def _predictive(
-        self, observation: Observation, forecast: ForecastView | None, error: str | None, lead_time_s: float
+        self,
+        observation: Observation,
+        forecast: ForecastView | None,
+        error: str | None,
+        now: float,
+        lead_time_s: float,
     ) -> Sizing:
         """Replicas for the central demand at the target and for its upper bound at the tolerance edge."""
         config = self.config
@@ -281,7 +304,6 @@ class ServicePolicy:
         per_replica = self.capacity.per_replica
         if per_replica is None or per_replica <= 0:
             return Sizing(fallback="capacity per replica not learned yet")
-        now = observation.at
         if interval_too_wide(forecast, config, steps_used(forecast, now, lead_time_s), floor=per_replica):
             return Sizing(fallback="forecast interval too wide")
         served = observation.demand if observation.demand is not None and observation.demand > 0 else 0.0

@@ -1,8 +1,8 @@
 """Live on the local fleet, a replayed daily ramp: predictive scaling acts before the demand crosses capacity.
 
-A "day" here is 48 steps of 0.5 s (the test forecaster's context): a low demand, a ramp to
-ten times as much, a plateau, back down. The forecaster is trained on such days, as a
-user's would be on their own history. Day one fills the autoscaler's history; on day two
+A "day" here is 48 steps of 0.5 s (the test forecaster's context): a low demand, a steady
+ramp to ten times as much, a plateau, back down. The forecaster is trained on each step's
+mean demand of such days, as a user's would be on their own history. Day one fills the autoscaler's history; on day two
 the predictive loop must decide to add a replica at least one measured start-up time before
 the demand crosses what one replica serves at the CPU target, and the reactive loop (the HPA
 rule alone, on the same fleet and traffic) only after it.
@@ -40,11 +40,11 @@ RAMP_START, RAMP_END, PLATEAU_END = 30, 42, 46
 DAY_TWO_END = PERIOD + PLATEAU_END
 
 
-def profile(step: int) -> float:
-    """Requests/s at ``step`` of the daily pattern."""
+def profile(step: float) -> float:
+    """Requests/s at ``step`` (in steps since the start, fractions included) of the daily pattern."""
     phase = step % PERIOD
     if RAMP_START <= phase < RAMP_END:
-        return BASE_RPS + (PEAK_RPS - BASE_RPS) * (phase - RAMP_START + 1) / (RAMP_END - RAMP_START)
+        return BASE_RPS + (PEAK_RPS - BASE_RPS) * (phase - RAMP_START) / (RAMP_END - RAMP_START)
     return PEAK_RPS if RAMP_END <= phase < PLATEAU_END else BASE_RPS
 
 
@@ -52,7 +52,7 @@ def training_days(days: int = 30) -> list[Series]:
     rng = np.random.default_rng(7)
     steps = np.arange(days * PERIOD)
     stamps = np.datetime64("2026-01-05", "ns") + steps * np.timedelta64(5, "m")
-    pattern = np.array([profile(int(step)) for step in steps])
+    pattern = np.array([profile(step + 0.5) for step in steps])  # each step's mean demand
     return [
         Series(f"svc/{name}", stamps, scale * pattern + rng.normal(0, noise, len(steps)), "requests_per_s")
         for name, scale, noise in (("orders", 1.0, 0.8), ("tracking", 2.5, 2.0), ("billing", 0.5, 0.4))
@@ -77,8 +77,9 @@ class Run:
         as the loop had learned it when it took ``decision``."""
         capacity = decision.inputs["capacity_per_replica"]
         assert capacity is not None, "the loop never learned a replica's capacity"
-        step = next(step for step in range(PERIOD, DAY_TWO_END) if profile(step) > capacity)
-        return self.started_wall + step * STEP_S
+        assert BASE_RPS < capacity < PEAK_RPS, f"one replica serves {capacity:.1f}/s: the ramp never crosses it"
+        crossed = RAMP_START + (RAMP_END - RAMP_START) * (capacity - BASE_RPS) / (PEAK_RPS - BASE_RPS)
+        return self.started_wall + (PERIOD + crossed) * STEP_S
 
     def first_scale_up_on_day_two(self) -> DecisionRecord:
         day_two = self.started_wall + (PERIOD + RAMP_START - 10) * STEP_S
@@ -106,7 +107,7 @@ async def replay(port: int, started: float) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         pending = []
         next_at = started
-        while (step := int((next_at - started) / STEP_S)) < DAY_TWO_END:
+        while (step := (next_at - started) / STEP_S) < DAY_TWO_END:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             pending.append(asyncio.create_task(client.get(f"/tracking/{len(pending) + 1}")))
             next_at += 1 / profile(step)

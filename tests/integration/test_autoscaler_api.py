@@ -59,7 +59,8 @@ async def running_autoscaler(tmp_path: Path, model_server: str) -> AsyncIterator
     )
     fleet = Fleet(FleetConfig(services={"echo": echo}, usage_interval=0.5), state_dir=tmp_path)
     await fleet.start()
-    scaling = {"mode": "forecastAndScale", "interval": 0.05, "forecastStep": 0.05, "maxReplicas": 4}
+    # The policy allows more replicas than the service itself (4): the service's own bound wins.
+    scaling = {"mode": "forecastAndScale", "interval": 0.05, "forecastStep": 0.05, "maxReplicas": 6}
     settings = AutoscalerSettings(state_dir=tmp_path, model_server_url=model_server, scaling=scaling)
     app = build_app(settings, target=fleet, run_loop=False)
     port = free_port()
@@ -180,6 +181,8 @@ async def test_the_loop_forecasts_recommends_and_explains(running: Running) -> N
     assert page.status_code == 200 and "tmsopsChart" in page.text
     data = (await running.client.get("/dashboard", headers={"Accept": "application/json"})).json()
     assert data["services"][0]["name"] == "echo" and data["services"][0]["demand"]
+    bounds = (data["services"][0]["min_replicas"], data["services"][0]["max_replicas"])
+    assert bounds == (1, 4) and data["max_replicas"] == 6  # the service's own bounds, not the policy's
     assert (await running.client.get("/static/charts.js")).status_code == 200
     assert (await running.client.get("/health")).json()["status"] == "ok"
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from support.net import free_port
 
-from tmsops.up import PID_FILE, Part, StartUpFailed, down, pid_file, read_pid, running
+from tmsops.up import PID_FILE, Interrupts, Part, StartUpFailed, down, pid_file, read_pid, running
 
 
 def http_part(name: str) -> Part:
@@ -193,3 +193,22 @@ def test_a_pid_file_naming_another_process_with_that_pid_is_stale(tmp_path: Path
     (tmp_path / PID_FILE).write_text(f"{os.getpid()} {psutil.Process().create_time() - 3600}\n")
     assert read_pid(tmp_path / PID_FILE) is None
     assert down(tmp_path) is None
+
+
+def test_a_stop_signal_inside_a_held_section_is_raised_at_its_end() -> None:
+    """Starting a process and recording it is held: a Ctrl-C in between would leave the process unrecorded."""
+    interrupts = Interrupts()
+    previous = signal.signal(signal.SIGINT, interrupts.handle)
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler has run by now
+            steps.append("section finished")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            steps.append("not held: never reached")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps == ["section finished"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from actuators.autoscaler.history import DemandHistory
@@ -88,6 +90,21 @@ def test_the_forecast_peak_covers_the_steps_that_reach_the_lead_time() -> None:
     assert forecast_peak(view, now=0.0, lead_time_s=40.0, quantile="p50") == 90  # and the first at or after 40 s
     assert forecast_peak(view, now=0.0, lead_time_s=5.0, quantile="p50") == 10  # at least the next step
     assert forecast_peak(view, now=0.0, lead_time_s=45.0, quantile="p90") == pytest.approx(99.0)
+
+
+def test_a_step_mean_is_dated_at_the_middle_of_its_step() -> None:
+    means = replace(forecast([10, 20, 90, 30, 500], at=0.0, step_s=15.0), point_in_step=0.5)
+    assert forecast_peak(means, now=0.0, lead_time_s=25.0, quantile="p50") == 90  # the 3rd step: its mean is at 37.5 s
+    assert forecast_peak(means, now=0.0, lead_time_s=22.5, quantile="p50") == 20  # 2nd step's middle reaches 22.5 s
+    assert forecast_peak(means, now=0.0, lead_time_s=5.0, quantile="p50") == 10
+
+
+def test_the_lead_time_counts_from_when_the_decision_is_taken() -> None:
+    config = PolicyConfig(prediction_weight=1.0, interval_s=15.0)
+    ahead = forecast([100.0, 100.0, 100.0, 400.0], at=0.0)  # 400/s in the step ending at 60 s
+    on_time = learned(config).decide(observe(2, cpu=70.0, at=0.0, demand=100.0), ahead)  # ready at 45 s
+    late = learned(config).decide(observe(2, cpu=70.0, at=0.0, demand=100.0), ahead, now=20.0)  # ready at 65 s
+    assert (on_time.predictive, late.predictive) == (2, 5)  # 5: an upper bound of 480/s at 110/s a replica (77%)
 
 
 def test_a_forecast_of_more_demand_scales_up_before_utilisation_rises() -> None:
@@ -193,12 +210,22 @@ def test_the_start_up_time_sets_the_lead_time() -> None:
 
 def test_demand_history_averages_each_step_and_carries_gaps() -> None:
     history = DemandHistory(step_s=10.0)
-    for at, demand in [(0, 10.0), (5, 20.0), (12, 30.0), (35, 40.0)]:
+    for at, demand in [(5, 10.0), (10, 20.0), (17, 30.0), (40, 40.0)]:
         history.add(at, demand)
-    assert list(history.points) == [15.0, 30.0, 30.0]  # [0,10): mean 15; [10,20): 30; [20,30): empty, carried
-    assert history.last(2) == [30.0, 30.0] and history.last(4) is None
+    # [0,10): 10, its step centred on the first sample; [10,20): mean 25; [20,30) and [30,40): empty, carried
+    assert list(history.points) == [10.0, 25.0, 25.0, 25.0]
+    assert history.step_end == 40.0
+    assert history.last(2) == [25.0, 25.0] and history.last(5) is None
     history.backfill([1.0, 2.0])
-    assert list(history.points) == [1.0, 2.0, 15.0, 30.0, 30.0]
+    assert list(history.points) == [1.0, 2.0, 10.0, 25.0, 25.0, 25.0]
+
+
+def test_one_sample_a_step_sits_in_the_middle_of_its_step() -> None:
+    """A step's mean is dated at its middle: with one sample a step, the sample must be there too."""
+    history = DemandHistory(step_s=0.5)
+    for tick in range(4):
+        history.add(100.0 + 0.5 * tick, float(tick))
+    assert list(history.points) == [0.0, 1.0, 2.0] and history.step_end == 101.25
 
 
 def test_a_weight_of_zero_leaves_the_forecast_out() -> None:
