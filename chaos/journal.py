@@ -42,6 +42,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
@@ -285,6 +286,19 @@ class Journal:
 
     def set_score(self, experiment_id: str, score: float | None) -> None:
         self._write(update(experiments_table).where(experiments_table.c.id == experiment_id).values(score=score))
+
+    def experiment_counts(self) -> dict[str, int]:
+        """How many experiments there are in each status."""
+        columns = experiments_table.c
+        statement = select(columns.status, func.count()).group_by(columns.status)
+        with self._engine.connect() as connection:
+            return {status: count for status, count in connection.execute(statement)}
+
+    def open_injection_count(self) -> int:
+        """Faults injected (or being injected) and not reverted yet."""
+        statement = select(func.count()).where(injections_table.c.state.in_(OPEN_INJECTIONS))
+        with self._engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
 
     # Injections.
 

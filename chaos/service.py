@@ -12,13 +12,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from chaos.api import router
 from chaos.journal import Journal
@@ -30,6 +27,7 @@ from tmsops.app import add_health_check, create_app
 from tmsops.health import HealthCheck
 from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient
+from tmsops.scrape_metrics import ScrapeMetric, Values, scrape_registry
 from tmsops.settings import ChaosSettings
 from tmsops.targets.base import Target
 from tmsops.targets.factory import open_target
@@ -73,7 +71,7 @@ def build_app(
 
     app = create_app("chaos", settings, version=__version__, lifespan=lifespan)
     app.include_router(router())
-    app.state.metrics.include(_registry(app))
+    app.state.metrics.include(scrape_registry(_chaos_metrics(app)))
     add_health_check(app, _recovery_check(app))
     add_health_check(app, _target_check(app))
     return app
@@ -112,25 +110,35 @@ def _target_check(app: FastAPI) -> HealthCheck:
     return HealthCheck("target reachable", probe, critical=False)
 
 
-class _ChaosCollector(Collector):
-    def __init__(self, app: FastAPI) -> None:
-        self._app = app
+def _chaos_metrics(app: FastAPI) -> list[ScrapeMetric]:
+    def read(value: Callable[[Runner], Values]) -> Callable[[], Values]:
+        def values() -> Values:
+            runner: Runner | None = getattr(app.state, "runner", None)
+            return value(runner) if runner is not None else {}
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        runner: Runner | None = getattr(self._app.state, "runner", None)
-        if runner is None:
-            return
-        stop = 1 if runner.safety.engaged else 0
-        yield GaugeMetricFamily("tmsops_chaos_running_experiments", "Experiments running", value=len(runner.runs))
-        open_count = len(runner.journal.injections(open_only=True))
-        yield GaugeMetricFamily("tmsops_chaos_open_injections", "Injections not confirmed reverted", value=open_count)
-        yield GaugeMetricFamily("tmsops_chaos_emergency_stop_engaged", "1 while the stop is engaged", value=stop)
+        return values
 
-
-def _registry(app: FastAPI) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(_ChaosCollector(app))
-    return registry
+    return [
+        ScrapeMetric("tmsops_chaos_running_experiments", "Experiments running", (), read(lambda r: {(): len(r.runs)})),
+        ScrapeMetric(
+            "tmsops_chaos_open_injections",
+            "Injections not confirmed reverted",
+            (),
+            read(lambda r: {(): r.journal.open_injection_count()}),
+        ),
+        ScrapeMetric(
+            "tmsops_chaos_emergency_stop_engaged",
+            "1 while the stop is engaged",
+            (),
+            read(lambda r: {(): 1.0 if r.safety.engaged else 0.0}),
+        ),
+        ScrapeMetric(
+            "tmsops_chaos_experiments",
+            "Experiments by status: created, running, completed, deviated, aborted, failed",
+            ("status",),
+            read(lambda r: {(status,): count for status, count in r.journal.experiment_counts().items()}),
+        ),
+    ]
 
 
 def main() -> None:

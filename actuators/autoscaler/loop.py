@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +98,8 @@ class Autoscaler:
         self.model = ModelStatus()
         self.config = policy_config(settings)
         self.services: dict[str, ServiceState] = {}
+        # Changes of the count the loop decided, by (service, outcome): for /metrics.
+        self.changes: Counter[tuple[str, str]] = Counter()
         self.last_tick_at: float | None = None
         self._observer = Observer(target, metrics)
         self._actions: set[asyncio.Task[None]] = set()
@@ -266,6 +268,8 @@ class Autoscaler:
             task.add_done_callback(self._actions.discard)
         else:
             self.store.add(**record)
+            if decision.desired != decision.current:
+                self.changes[(name, "skipped" if busy else "recommended")] += 1
         return decision
 
     def forecast_problem(self, state: ServiceState) -> str | None:
@@ -312,9 +316,11 @@ class Autoscaler:
                 await self.target.set_replicas(decision.service, decision.desired)
             except TmsopsError as error:
                 self.store.add(**{**record, "error": error.message})
+                self.changes[(decision.service, "failed")] += 1
                 log.warning("scaling %s to %d failed: %s", decision.service, decision.desired, error.message)
                 return
             self.store.add(**{**record, "applied": True})
+            self.changes[(decision.service, "applied")] += 1
         if decision.desired > decision.current:
             self._background(self._measure_startup(state, decision.service, decision.desired, started))
 

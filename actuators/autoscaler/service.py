@@ -12,12 +12,14 @@ from fastapi import FastAPI
 
 from actuators.autoscaler.api import router
 from actuators.autoscaler.loop import Autoscaler
+from actuators.autoscaler.metrics import autoscaler_metrics
 from actuators.autoscaler.records import DecisionStore
 from tmsops import __version__
 from tmsops.app import add_health_check, create_app
 from tmsops.health import HealthCheck
 from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient
+from tmsops.scrape_metrics import scrape_registry
 from tmsops.settings import AutoscalerSettings
 from tmsops.targets.base import Target
 from tmsops.targets.factory import open_target
@@ -33,6 +35,7 @@ def build_app(settings: AutoscalerSettings, *, target: Target | None = None, run
         models = ModelClient(settings.model_server_url, timeout_s=5.0, retries=1, breaker_reset_s=15.0)
         scaler = Autoscaler(settings, acting_on, models, DecisionStore(app.state.engine), metrics)
         app.state.autoscaler = scaler
+        app.state.metrics.include(scrape_registry(autoscaler_metrics(scaler)))
         loop = asyncio.create_task(scaler.run()) if run_loop else None
         try:
             yield

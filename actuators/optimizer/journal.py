@@ -21,7 +21,21 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import JSON, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from tmsops.errors import PermanentError
 
@@ -172,6 +186,13 @@ class OptimizationJournal:
             statement = statement.where(optimizations_table.c.service == service)
         with self._engine.connect() as connection:
             return [_optimization(row) for row in connection.execute(statement).mappings()]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many changes there are of each (kind, status)."""
+        columns = optimizations_table.c
+        statement = select(columns.kind, columns.status, func.count()).group_by(columns.kind, columns.status)
+        with self._engine.connect() as connection:
+            return {(kind, status): count for kind, status, count in connection.execute(statement)}
 
     def unfinished(self) -> list[Optimization]:
         """Changes that may be in place without a verdict (a crash in the middle), oldest first."""

@@ -16,6 +16,7 @@ from tmsops.app import add_health_check, create_app
 from tmsops.health import HealthCheck
 from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient
+from tmsops.scrape_metrics import ScrapeMetric, scrape_registry
 from tmsops.settings import OptimizerSettings
 from tmsops.targets.base import Target
 from tmsops.targets.factory import open_target
@@ -34,6 +35,7 @@ def build_app(settings: OptimizerSettings, *, target: Target | None = None, samp
         models = ModelClient(settings.model_server_url, timeout_s=5.0, retries=1, breaker_reset_s=15.0)
         optimizer = Optimizer(settings, app.state.engine, target=acting_on, metrics=metrics, models=models)
         app.state.optimizer = optimizer
+        app.state.metrics.include(scrape_registry([_changes_metric(optimizer)]))
         if sample_usage:
             optimizer.sampler.start()
             optimizer.cache.start()
@@ -56,6 +58,15 @@ def build_app(settings: OptimizerSettings, *, target: Target | None = None, samp
     add_health_check(app, _database_check(app))
     add_health_check(app, _cache_check(app))
     return app
+
+
+def _changes_metric(optimizer: Optimizer) -> ScrapeMetric:
+    return ScrapeMetric(
+        "tmsops_optimizer_changes",
+        "Journalled changes by kind and status: kept, rolled_back, failed, dry_run, or applying and measuring",
+        ("kind", "status"),
+        lambda: {key: float(count) for key, count in optimizer.journal.counts().items()},
+    )
 
 
 async def _recover_until_done(optimizer: Optimizer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,16 @@ async def test_the_loop_forecasts_recommends_and_explains(running: Running) -> N
     assert data["services"][0]["name"] == "echo" and data["services"][0]["demand"]
     bounds = (data["services"][0]["min_replicas"], data["services"][0]["max_replicas"])
     assert bounds == (1, 4) and data["max_replicas"] == 6  # the service's own bounds, not the policy's
+    await running.app.state.autoscaler.close_when_idle()
+    metrics = (await running.client.get("/metrics")).text
+    decisions = (await running.client.get("/decisions", params={"service": "echo", "limit": 1000})).json()
+    last = running.app.state.autoscaler.services["echo"].decision
+    assert f'tmsops_autoscaler_replicas{{service="echo"}} {float(last.current)}' in metrics
+    assert f'tmsops_autoscaler_desired_replicas{{service="echo"}} {float(last.desired)}' in metrics
+    assert 'tmsops_autoscaler_reactive_only{service="echo"} 0.0' in metrics  # the forecast was used
+    applied = sum(1 for d in decisions if d["source"] == "loop" and d["applied"] and d["desired"] != d["current"])
+    exported = re.search(r'tmsops_autoscaler_loop_changes_total\{outcome="applied",service="echo"\} (\S+)', metrics)
+    assert (float(exported.group(1)) if exported else 0.0) == applied
     assert (await running.client.get("/static/charts.js")).status_code == 200
     assert (await running.client.get("/health")).json()["status"] == "ok"
 

@@ -266,6 +266,10 @@ async def test_verdicts_completed_and_deviated_and_rollback_even_without_auto_ro
         assert [item["id"] for item in listing.json()] == [deviated["experiment"]["id"]]
         both = await env.client.get("/experiments", params={"service": "echo", "limit": 5})
         assert len(both.json()) == 2
+        metrics = (await env.client.get("/metrics")).text
+        assert 'tmsops_chaos_experiments{status="completed"} 1.0' in metrics
+        assert 'tmsops_chaos_experiments{status="deviated"} 1.0' in metrics
+        assert "tmsops_chaos_open_injections 0.0" in metrics
 
 
 async def test_an_ad_hoc_fault_ends_at_its_time_limit(env: ChaosEnv) -> None:

@@ -146,6 +146,9 @@ async def check_history_and_take_back(api: Api, tms_dsn: str, kept: dict[str, An
 
     history = (await api.client.get("/optimizations", params={"kind": "index"})).json()
     assert [entry["id"] for entry in history] == [kept["id"], useless["id"]]
+    metrics = (await api.client.get("/metrics")).text
+    assert 'tmsops_optimizer_changes{kind="index",status="kept"} 1.0' in metrics
+    assert 'tmsops_optimizer_changes{kind="index",status="rolled_back"} 1.0' in metrics
     assert (await api.client.get(f"/optimizations/{kept['id']}")).json()["status"] == "kept"
 
     taken_back = await api.post(f"/optimizations/{kept['id']}/rollback", {})

@@ -513,6 +513,8 @@ def test_the_services_export_the_metrics_the_deployment_relies_on(exported: dict
         "tmsops-autoscaler"
     ]
     assert {"tmsops_chaos_running_experiments", "tmsops_chaos_open_injections"} <= exported["tmsops-chaos"]
+    assert {"tmsops_autoscaler_loop_changes_total", "tmsops_autoscaler_replicas"} <= exported["tmsops-autoscaler"]
+    assert "tmsops_optimizer_changes" in exported["tmsops-optimizer"]
     assert {"tmsops_proxy_requests_total", "tmsops_fleet_ready_replicas"} <= exported["tmsops-fleet"]
     assert {"bentoml_service_request_total", "bentoml_service_request_duration_seconds_bucket"} <= exported[
         "tmsops-model-server"
@@ -774,6 +776,10 @@ def test_dashboard_covers_the_fleet_scaling_optimizer_chaos_and_the_model_server
         "ready replicas": "tmsops_fleet_ready_replicas",
         "right-sizing": "tmsops_fleet_cpu_request_cores",
         "chaos experiments": "tmsops_chaos_running_experiments",
+        "chaos experiments by status": "tmsops_chaos_experiments",
+        "the autoscaler's changes": "tmsops_autoscaler_loop_changes_total",
+        "the forecast against capacity": "tmsops_autoscaler_forecast_peak_requests_per_second",
+        "the optimizer's journal": "tmsops_optimizer_changes",
         "faults active": "tmsops_fleet_active_faults",
         "model-server latency": "bentoml_service_request_duration_seconds_bucket",
     }
