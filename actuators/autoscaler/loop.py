@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from actuators.autoscaler.backfill import demand_before
 from actuators.autoscaler.history import DemandHistory
 from actuators.autoscaler.observe import Observer
 from actuators.autoscaler.policy import Decision, ForecastView, Observation, PolicyConfig, ServicePolicy
@@ -50,6 +51,8 @@ class ServiceState:
     decision: Decision | None = None
     # The replicas allowed, as last observed: the target's own bounds where it has them, else the policy's.
     bounds: tuple[int, int] | None = None
+    # What reading the history before the loop's first sample from Prometheus gave, once tried.
+    backfill: str | None = None
     actuals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ACTUALS_KEPT))
     # The recent forecasts, oldest first: the dashboard shows each one's next step against the demand that came.
     forecasts: deque[ForecastView] = field(default_factory=lambda: deque(maxlen=FORECASTS_KEPT))
@@ -101,6 +104,7 @@ class Autoscaler:
         # Changes of the count the loop decided, by (service, outcome): for /metrics.
         self.changes: Counter[tuple[str, str]] = Counter()
         self.last_tick_at: float | None = None
+        self.metrics = metrics
         self._observer = Observer(target, metrics)
         self._actions: set[asyncio.Task[None]] = set()
         self._measures: set[asyncio.Task[None]] = set()
@@ -207,6 +211,8 @@ class Autoscaler:
         if observation.demand is not None:
             demand_at = observation.demand_at if observation.demand_at is not None else observation.at
             state.history.add(demand_at, observation.demand)
+            if state.backfill is None:
+                await self._backfill(name, state)
         state.actuals.append(
             {
                 "at": time.time(),
@@ -216,6 +222,25 @@ class Autoscaler:
             }
         )
         return observation
+
+    async def _backfill(self, name: str, state: ServiceState) -> None:
+        """Once per service, at its first demand sample: the history before it from Prometheus
+        (:mod:`actuators.autoscaler.backfill`), so that forecasts start at once."""
+        needed = self.model.context - len(state.history.points)
+        first = state.history.step_end
+        if self.metrics is None or needed <= 0 or first is None:
+            state.backfill = "no Prometheus configured" if self.metrics is None else "not needed"
+            return
+        first_step_start = datetime.fromtimestamp(first + time.time() - time.monotonic(), UTC)
+        try:
+            values = await demand_before(self.metrics, name, first_step_start, state.history.step_s, needed)
+        except TmsopsError as error:
+            state.backfill = f"no history from Prometheus: {error.message}"
+            log.warning("%s: %s; forecasts start after %d steps of live history", name, state.backfill, needed)
+            return
+        state.history.backfill(values)
+        state.backfill = f"{len(values)} steps of history from Prometheus"
+        log.info("%s: %s", name, state.backfill)
 
     async def _refresh_forecasts(self, present: dict[str, Observation]) -> None:
         """One batched forecast for every service whose history gained a step since its last forecast."""
@@ -277,7 +302,9 @@ class Autoscaler:
             return f"model server: {self.model.error}"
         if state.forecast is None:
             needed = self.model.context - len(state.history.points)
-            return f"{needed} more steps of demand history needed" if needed > 0 else "no forecast yet"
+            if needed <= 0:
+                return "no forecast yet"
+            return f"{needed} more steps of demand history needed" + (f" ({state.backfill})" if state.backfill else "")
         return None
 
     def _record(self, decision: Decision, *, applied: bool, busy: bool) -> dict[str, Any]:

@@ -31,7 +31,8 @@ def build_app(settings: AutoscalerSettings, *, target: Target | None = None, run
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         acting_on = target or open_target(settings, caller="autoscaler", tokens=app.state.tokens)
-        metrics = PrometheusSource.from_settings(settings) if settings.target.kind == "kubernetes" else None
+        # Demand from Prometheus where the target counts no requests itself, and history before the start
+        metrics = PrometheusSource.from_settings(settings)
         models = ModelClient(settings.model_server_url, timeout_s=5.0, retries=1, breaker_reset_s=15.0)
         scaler = Autoscaler(settings, acting_on, models, DecisionStore(app.state.engine), metrics)
         app.state.autoscaler = scaler
@@ -46,8 +47,7 @@ def build_app(settings: AutoscalerSettings, *, target: Target | None = None, run
                     await loop
             await scaler.close()
             await models.aclose()
-            if metrics is not None:
-                await metrics.aclose()
+            await metrics.aclose()
             if target is None:
                 await acting_on.aclose()
 

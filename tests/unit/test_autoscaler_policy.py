@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from actuators.autoscaler.backfill import contiguous_steps
 from actuators.autoscaler.history import DemandHistory
 from actuators.autoscaler.policy import (
     CapacityModel,
@@ -243,3 +246,13 @@ def test_the_targets_own_bounds_win_over_the_policys() -> None:
     assert policy.decide(quiet, None).desired == 4
     busy = Observation(at=1.0, replicas=4, cpu_utilization=300.0, min_replicas=4, max_replicas=6)
     assert policy.decide(busy, None).desired == 6
+
+
+def test_steps_read_back_from_prometheus_are_contiguous() -> None:
+    first = datetime(2026, 1, 5, tzinfo=UTC)
+    at = [first + timedelta(seconds=300 * index) for index in range(6)]
+    points = [(at[1], 4.0), (at[2], math.nan), (at[4], 6.0), (at[5] + timedelta(seconds=3), 7.0)]
+    # nothing before the first value; a gap or a NaN repeats the value before it; a stamp a little off still counts
+    assert contiguous_steps(points, first, 300.0, 6) == [4.0, 4.0, 4.0, 6.0, 7.0]
+    assert contiguous_steps(points, first, 300.0, 3) == [4.0, 4.0]  # only the steps asked for
+    assert contiguous_steps([], first, 300.0, 6) == []
