@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -145,11 +146,19 @@ class PrometheusSource:
         return ServiceSnapshot(service=service, at=at, **fields)
 
     async def service_history(
-        self, service: str, metric_name: str, start: datetime, end: datetime, step: timedelta
+        self,
+        service: str,
+        metric_name: str,
+        start: datetime,
+        end: datetime,
+        step: timedelta,
+        window: timedelta | None = None,
     ) -> list[Point]:
-        """One templated metric of ``service`` over ``[start, end]``; empty when Prometheus has no data."""
+        """One templated metric of ``service`` over ``[start, end]``; empty when Prometheus has no data.
+        ``window``: the rate window, when not the configured one (e.g. the step: each point the step's mean)."""
         metric = metric_key(metric_name)
-        promql = self.templates.render(metric, service)
+        templates = self.templates if window is None else replace(self.templates, window=window)
+        promql = templates.render(metric, service)
         series = await self.query_range(promql, start, end, step)
         _check_single(metric, promql, len(series))
         return series[0].points if series else []

@@ -41,8 +41,8 @@ class ScrapeCollector(Collector):
         for metric in self._metrics:
             try:
                 values = metric.read()
-            except Exception:
-                log.exception("metric %s could not be read", metric.name)
+            except Exception as error:  # one line a scrape: a traceback each time would flood the log
+                log.warning("metric %s could not be read: %r", metric.name, error)
                 continue
             family_type = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
             family = family_type(metric.name, metric.help, labels=list(metric.labels))

@@ -1,13 +1,11 @@
 """Demand history from Prometheus for a service the loop has just started to watch.
 
 The forecaster needs a context of steps (288 five-minute steps: a day) before it forecasts; read
-live, that is a day of reactive-only scaling after every start. So at a service's first demand
-sample the loop asks Prometheus for the steps before it, at the forecast step, and places them
-before its own.
+live, that is a day of reactive-only scaling after every start. So once the loop has a service's
+first demand sample it asks Prometheus for the steps before it and places them before its own.
 
-A step of the history is the mean demand over the step, dated at its middle; a rate over the
-metrics window is the mean over the window before its evaluation time. So the step ending at
-``t`` is read at ``t - step / 2 + window / 2``: the window centred on the step's middle.
+A step of the history is the mean demand over the step: a rate over one step's window,
+evaluated at the step's end.
 """
 
 from __future__ import annotations
@@ -22,13 +20,13 @@ async def demand_before(
     source: PrometheusSource, service: str, first_step_start: datetime, step_s: float, steps: int
 ) -> list[float]:
     """Up to ``steps`` mean demands of the steps before ``first_step_start``, oldest first."""
-    window_s = source.templates.window.total_seconds()
-    last_at = first_step_start - timedelta(seconds=step_s / 2 - window_s / 2)
-    first_at = last_at - timedelta(seconds=step_s * (steps - 1))
+    step = timedelta(seconds=step_s)
+    last_at = first_step_start  # the end of the last step read
+    first_at = last_at - step * (steps - 1)
     end = min(last_at, datetime.now(UTC))
-    if end < first_at:
+    if end <= first_at:
         return []
-    points = await source.service_history(service, "requestsPerSecond", first_at, end, timedelta(seconds=step_s))
+    points = await source.service_history(service, "requestsPerSecond", first_at, end, step, window=step)
     return contiguous_steps(points, first_at, step_s, steps)
 
 

@@ -38,7 +38,7 @@ function render(data) {
     fact(`every ${number(data.interval_s)} s`, "a decision per service"),
     fact(duration(data.forecast_step_s), "forecast step"),
     fact(...model),
-    fact(`${data.min_replicas}–${data.max_replicas}`, "replicas allowed by the policy (a service's own bounds win)")));
+    fact(`${data.min_replicas}–${data.max_replicas}`, "replicas the policy allows (within a service's own)")));
   if (!data.services.length) {
     root.append(h("div", {class: "empty-state"}, h("b", {}, "No service observed yet. "),
       `The autoscaler observes the target's services every ${number(data.interval_s)} s; if none appears, `,

@@ -14,6 +14,7 @@ class DemandHistory:
     keep: int = 2016
     points: deque[float] = field(default_factory=deque)
     last_at: float | None = None
+    first_step_start: float | None = None  # where the steps recorded here begin (backfilled ones end there)
     _bucket_start: float | None = None
     _bucket: list[float] = field(default_factory=list)
 
@@ -24,7 +25,7 @@ class DemandHistory:
         middle, so with one sample a step (interval = step) each sample sits where its value is dated.
         """
         if self._bucket_start is None:
-            self._bucket_start = at - self.step_s / 2
+            self._bucket_start = self.first_step_start = at - self.step_s / 2
         while at >= self._bucket_start + self.step_s:
             self._close()
             self._bucket_start += self.step_s

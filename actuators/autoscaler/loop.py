@@ -25,9 +25,16 @@ from typing import Any
 from actuators.autoscaler.backfill import demand_before
 from actuators.autoscaler.history import DemandHistory
 from actuators.autoscaler.observe import Observer
-from actuators.autoscaler.policy import Decision, ForecastView, Observation, PolicyConfig, ServicePolicy
+from actuators.autoscaler.policy import (
+    Decision,
+    ForecastView,
+    Observation,
+    PolicyConfig,
+    ServicePolicy,
+    replica_bounds,
+)
 from actuators.autoscaler.records import DecisionStore
-from tmsops.errors import TmsopsError
+from tmsops.errors import TemporaryError, TmsopsError
 from tmsops.metrics_source import PrometheusSource
 from tmsops.model_client import ModelClient, ModelRequestError, SeriesIn
 from tmsops.settings import AutoscalerSettings
@@ -35,6 +42,7 @@ from tmsops.targets.base import Target
 from tmsops.tracing import span
 
 READY_WAIT_S = 300.0
+BACKFILL_RETRY_S = 60.0
 ACTUALS_KEPT = 2880
 FORECASTS_KEPT = 288
 
@@ -49,10 +57,14 @@ class ServiceState:
     forecast: ForecastView | None = None
     forecast_origin: float | None = None
     decision: Decision | None = None
-    # The replicas allowed, as last observed: the target's own bounds where it has them, else the policy's.
+    # The replicas allowed, as last observed: the policy's bounds within the target's own.
     bounds: tuple[int, int] | None = None
-    # What reading the history before the loop's first sample from Prometheus gave, once tried.
+    # The count last recommended and not applied (forecastOnly): a recommendation counts once in /metrics.
+    recommended: int | None = None
+    # Reading the history before the loop's first sample from Prometheus: what it gave, and when
+    # to try (again; None: done, or in progress).
     backfill: str | None = None
+    backfill_at: float | None = 0.0
     actuals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ACTUALS_KEPT))
     # The recent forecasts, oldest first: the dashboard shows each one's next step against the demand that came.
     forecasts: deque[ForecastView] = field(default_factory=lambda: deque(maxlen=FORECASTS_KEPT))
@@ -204,15 +216,12 @@ class Autoscaler:
             log.warning("cannot observe %s: %s", name, error.message)
             return None
         state = self.state(name)
-        state.bounds = (
-            observation.min_replicas if observation.min_replicas is not None else self.config.min_replicas,
-            observation.max_replicas if observation.max_replicas is not None else self.config.max_replicas,
-        )
+        state.bounds = replica_bounds(self.config, observation)
         if observation.demand is not None:
             demand_at = observation.demand_at if observation.demand_at is not None else observation.at
             state.history.add(demand_at, observation.demand)
-            if state.backfill is None:
-                await self._backfill(name, state)
+            if state.backfill_at is not None and time.monotonic() >= state.backfill_at:
+                self._backfill(name, state)
         state.actuals.append(
             {
                 "at": time.time(),
@@ -223,19 +232,37 @@ class Autoscaler:
         )
         return observation
 
-    async def _backfill(self, name: str, state: ServiceState) -> None:
-        """Once per service, at its first demand sample: the history before it from Prometheus
-        (:mod:`actuators.autoscaler.backfill`), so that forecasts start at once."""
+    def _backfill(self, name: str, state: ServiceState) -> None:
+        """The history before the service's first sample from Prometheus, in the background
+        (:mod:`actuators.autoscaler.backfill`), so that forecasts start at once. Once the model's
+        context is known; tried again a minute later while Prometheus cannot be reached."""
+        if self.metrics is None:
+            state.backfill, state.backfill_at = "no Prometheus configured", None
+            return
+        if not self.model.limits_known:
+            return  # the context to fill is the model's: known once the model server answers
+        state.backfill_at = None
+        self._background(self._read_history(self.metrics, name, state))
+
+    async def _read_history(self, source: PrometheusSource, name: str, state: ServiceState) -> None:
+        first = state.history.first_step_start
         needed = self.model.context - len(state.history.points)
-        first = state.history.step_end
-        if self.metrics is None or needed <= 0 or first is None:
-            state.backfill = "no Prometheus configured" if self.metrics is None else "not needed"
+        if first is None or needed < 2:
+            state.backfill = "not needed"
             return
         first_step_start = datetime.fromtimestamp(first + time.time() - time.monotonic(), UTC)
         try:
-            values = await demand_before(self.metrics, name, first_step_start, state.history.step_s, needed)
-        except TmsopsError as error:
-            state.backfill = f"no history from Prometheus: {error.message}"
+            values = await demand_before(source, name, first_step_start, state.history.step_s, needed)
+        except TemporaryError as error:
+            first_try = state.backfill is None
+            retry = f"trying again in {BACKFILL_RETRY_S:.0f} s"
+            state.backfill = f"no history from Prometheus: {error.message}; {retry}"
+            state.backfill_at = time.monotonic() + BACKFILL_RETRY_S
+            log.log(logging.WARNING if first_try else logging.INFO, "%s: %s", name, state.backfill)
+            return
+        except Exception as error:  # a refused query, a bad template: trying again would not help
+            message = error.message if isinstance(error, TmsopsError) else repr(error)
+            state.backfill = f"no history from Prometheus: {message}"
             log.warning("%s: %s; forecasts start after %d steps of live history", name, state.backfill, needed)
             return
         state.history.backfill(values)
@@ -293,8 +320,10 @@ class Autoscaler:
             task.add_done_callback(self._actions.discard)
         else:
             self.store.add(**record)
-            if decision.desired != decision.current:
-                self.changes[(name, "skipped" if busy else "recommended")] += 1
+            recommends = decision.desired if decision.desired != decision.current and not busy else None
+            if recommends is not None and recommends != state.recommended:
+                self.changes[(name, "recommended")] += 1
+            state.recommended = recommends
         return decision
 
     def forecast_problem(self, state: ServiceState) -> str | None:

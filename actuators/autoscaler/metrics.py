@@ -1,6 +1,6 @@
 """The autoscaler's own metrics, read from the loop when Prometheus scrapes: per service, the
 last decision (replicas, the count asked for, the forecast peak, the capacity learned, whether
-it was reactive only) and the changes of the count the loop decided, by outcome."""
+it had no usable forecast) and the changes of the count the loop decided, by outcome."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 def autoscaler_metrics(scaler: Autoscaler) -> list[ScrapeMetric]:
     def last(value: Callable[[Decision], float | None]) -> Callable[[], Values]:
         def read() -> Values:
-            decisions = {name: state.decision for name, state in scaler.services.items() if state.decision}
+            # a copy first: a scrape may run in a worker thread while the loop adds services
+            decisions = {name: state.decision for name, state in list(scaler.services.items()) if state.decision}
             values = {name: value(decision) for name, decision in decisions.items()}
             return {(name,): float(number) for name, number in values.items() if number is not None}
 
@@ -54,10 +55,10 @@ def autoscaler_metrics(scaler: Autoscaler) -> list[ScrapeMetric]:
         ),
         ScrapeMetric(
             "tmsops_autoscaler_loop_changes",
-            "Changes of a service's replica count the loop decided since it started, by outcome "
-            "(applied, failed, recommended in forecastOnly, skipped while a change was in progress)",
+            "Changes of a service's replica count the loop decided since it started, by outcome: applied, "
+            "failed, or recommended (forecastOnly: each new count recommended, once)",
             ("service", "outcome"),
-            lambda: {key: float(count) for key, count in scaler.changes.items()},
+            lambda: {key: float(count) for key, count in list(scaler.changes.items())},
             kind="counter",
         ),
     ]

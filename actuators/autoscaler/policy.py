@@ -200,6 +200,14 @@ def interval_too_wide(
     return any(high - low > config.max_interval_ratio * max(mid, floor, 1e-9) for low, mid, high in list(bands)[:steps])
 
 
+def replica_bounds(config: PolicyConfig, observation: Observation) -> tuple[int, int]:
+    """The replicas allowed: the policy's ``minReplicas .. maxReplicas``, then the target's own
+    bounds where it has them (a Deployment's or a fleet service's), which the target enforces."""
+    low = observation.min_replicas if observation.min_replicas is not None else 0
+    high = observation.max_replicas if observation.max_replicas is not None else max(config.max_replicas, low)
+    return min(max(config.min_replicas, low), high), min(max(config.max_replicas, low), high)
+
+
 @dataclass(frozen=True)
 class Sizing:
     """The predictive answer and what drove it, or why there is none (``fallback``)."""
@@ -343,9 +351,8 @@ class ServicePolicy:
         up_limit = max(math.floor(current * (1 + config.scale_up_percent / 100)), current + config.scale_up_pods)
         down_limit = math.ceil(current * (1 - config.scale_down_percent / 100))
         desired = min(max(desired, down_limit), up_limit)
-        desired = min(max(desired, config.min_replicas), config.max_replicas)
-        low, high = observation.min_replicas, observation.max_replicas
-        return min(max(desired, low if low is not None else 0), high if high is not None else desired)
+        low, high = replica_bounds(config, observation)
+        return min(max(desired, low), high)
 
     def _reason(self, why: str, sizing: Sizing, blended: int, desired: int) -> str:
         parts = [f"reactive: {why}"]

@@ -20,14 +20,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from support.model_server import model_server
 from support.net import free_port
 from support.registry import register_champions
 
 from actuators.autoscaler.loop import Autoscaler
+from actuators.autoscaler.metrics import autoscaler_metrics
 from actuators.autoscaler.records import DecisionRecord, DecisionStore
 from tmsops.fleet.supervisor import Fleet
 from tmsops.model_client import ModelClient
+from tmsops.scrape_metrics import scrape_registry
 from tmsops.settings import AutoscalerSettings, FleetConfig, FleetService
 from tmsops.state import make_engine
 from training.series import Series
@@ -71,6 +74,7 @@ def ramp_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Run:
     started_wall: float
     records: list[DecisionRecord]
+    exposition: str  # the autoscaler's own metrics at the end, as Prometheus would scrape them
 
     def crossing_at(self, decision: DecisionRecord) -> float:
         """Wall time at which day two's demand first exceeds what one replica serves at the CPU target,
@@ -150,7 +154,8 @@ async def run_day_two(tmp_path: Path, model_url: str, weight: float) -> Run:
             await asyncio.gather(loop, return_exceptions=True)
             await scaler.close()
             await fleet.stop()
-    return Run(started_wall, store.recent(limit=10_000))
+    exposition = generate_latest(scrape_registry(autoscaler_metrics(scaler))).decode()
+    return Run(started_wall, store.recent(limit=10_000), exposition)
 
 
 async def test_predictive_scales_a_start_up_time_before_the_ramp_crosses_capacity_and_reactive_after(
@@ -163,5 +168,9 @@ async def test_predictive_scales_a_start_up_time_before_the_ramp_crosses_capacit
     assert ahead.at.timestamp() <= predictive.crossing_at(ahead) - startup_known_at(ahead)
     behind = reactive.first_scale_up_on_day_two()
     assert behind.at.timestamp() > reactive.crossing_at(behind)
+    applied = [r for r in predictive.records if r.source == "loop" and r.applied and r.desired != r.current]
+    assert f'tmsops_autoscaler_loop_changes_total{{outcome="applied",service="tracking"}} {float(len(applied))}' in (
+        predictive.exposition
+    )
     forecast_used = [record for record in predictive.records if record.predictive is not None]
     assert forecast_used and not math.isnan(forecast_used[0].inputs["forecast_peak"])

@@ -62,7 +62,10 @@ async def running_autoscaler(tmp_path: Path, model_server: str) -> AsyncIterator
     await fleet.start()
     # The policy allows more replicas than the service itself (4): the service's own bound wins.
     scaling = {"mode": "forecastAndScale", "interval": 0.05, "forecastStep": 0.05, "maxReplicas": 6}
-    settings = AutoscalerSettings(state_dir=tmp_path, model_server_url=model_server, scaling=scaling)
+    no_prometheus = f"http://127.0.0.1:{free_port()}"  # no history before the start: the tests fill it live
+    settings = AutoscalerSettings(
+        state_dir=tmp_path, model_server_url=model_server, prometheus_url=no_prometheus, scaling=scaling
+    )
     app = build_app(settings, target=fleet, run_loop=False)
     port = free_port()
     server, task = await serve(app, port)

@@ -4,7 +4,8 @@ Prometheus holds four hours of a service's request counter (written as TSDB bloc
 ``promtool``, as a Prometheus that has scraped the service all along would): a demand falling
 steadily from 30 to 10 requests/s. At five-minute steps the forecaster's context (48 steps) would
 take four hours to fill live; with the backfill the loop forecasts on its first cycles, and each
-step read back is that step's own mean demand.
+step read back is that step's own mean demand (read with a five-minute window, where the
+configured metrics window is one minute).
 """
 
 from __future__ import annotations
@@ -95,7 +96,6 @@ async def watching(tmp_path: Path, prometheus_url: str, model_server_url: str, c
         state_dir=tmp_path,
         model_server_url=model_server_url,
         prometheus_url=prometheus_url,
-        metrics={"window": "5m"},
         scaling={"mode": "forecastOnly", "interval": 0.2, "forecastStep": "5m"},
     )
     store = DecisionStore(make_engine(f"sqlite:///{tmp_path / 'decisions.db'}"))
@@ -119,7 +119,7 @@ async def test_a_new_service_gets_its_history_from_prometheus_and_a_forecast_at_
     tmp_path: Path, prometheus_with_history: tuple[str, datetime], model_server_url: str
 ) -> None:
     prometheus_url, history_end = prometheus_with_history
-    scaler = await watching(tmp_path, prometheus_url, model_server_url, cycles=4)
+    scaler = await watching(tmp_path, prometheus_url, model_server_url, cycles=6)
     state = scaler.services["echo"]
     assert state.backfill == f"{CONTEXT} steps of history from Prometheus"
     assert state.forecast is not None and scaler.forecast_problem(state) is None
@@ -137,8 +137,9 @@ async def test_a_new_service_gets_its_history_from_prometheus_and_a_forecast_at_
 async def test_without_prometheus_the_loop_says_why_it_has_no_forecast_yet(
     tmp_path: Path, model_server_url: str
 ) -> None:
-    scaler = await watching(tmp_path, f"http://127.0.0.1:{free_port()}", model_server_url, cycles=3)
+    scaler = await watching(tmp_path, f"http://127.0.0.1:{free_port()}", model_server_url, cycles=5)
     state = scaler.services["echo"]
     assert state.backfill is not None and state.backfill.startswith("no history from Prometheus: ")
+    assert state.backfill.endswith("trying again in 60 s") and state.backfill_at is not None
     problem = scaler.forecast_problem(state)
     assert problem is not None and "more steps of demand history needed (no history from Prometheus" in problem

@@ -19,6 +19,7 @@ from actuators.autoscaler.policy import (
     forecast_peak,
     forecast_upper,
     reactive_desire,
+    replica_bounds,
 )
 
 CONFIG = PolicyConfig()
@@ -246,6 +247,26 @@ def test_the_targets_own_bounds_win_over_the_policys() -> None:
     assert policy.decide(quiet, None).desired == 4
     busy = Observation(at=1.0, replicas=4, cpu_utilization=300.0, min_replicas=4, max_replicas=6)
     assert policy.decide(busy, None).desired == 6
+
+
+@pytest.mark.parametrize(
+    ("target_min", "target_max", "allowed"),
+    [
+        (None, None, (1, 10)),  # the policy's
+        (4, 6, (4, 6)),  # narrower: the target's
+        (None, 20, (1, 10)),  # wider: the policy's maximum still holds
+        (12, 20, (12, 12)),  # the target's minimum over the policy's maximum: the target refuses less
+    ],
+)
+def test_the_replicas_allowed_are_the_policys_within_the_targets(
+    target_min: int | None, target_max: int | None, allowed: tuple[int, int]
+) -> None:
+    config = PolicyConfig(min_replicas=1, max_replicas=10)
+    observation = Observation(at=0.0, replicas=2, min_replicas=target_min, max_replicas=target_max)
+    assert replica_bounds(config, observation) == allowed
+    busy = ServicePolicy("svc", config).decide(replace(observation, cpu_utilization=900.0), None).desired
+    quiet = ServicePolicy("svc", config).decide(replace(observation, cpu_utilization=0.0), None).desired
+    assert allowed[0] <= quiet <= busy <= allowed[1]
 
 
 def test_steps_read_back_from_prometheus_are_contiguous() -> None:
